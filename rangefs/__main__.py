@@ -1,0 +1,5 @@
+import sys
+
+from rangefs.cli import main
+
+sys.exit(main())

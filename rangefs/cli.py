@@ -1,0 +1,224 @@
+"""Command line: argument parsing, logging set-up, exit codes and running a mount in the background.
+
+Exit codes: 0 success, 1 an error the message explains, 2 bad usage or a bad urls file.
+A background mount re-runs this program as ``mount --foreground --ready-fd N`` in a new session; the parent
+returns only once the child reports the mount live (exit 0) or reports why it could not mount (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from rangefs import __version__
+from rangefs.config import MountSettings, default_cache_dir, parse_size, read_urls_file
+from rangefs.config.settings import default_log_file
+from rangefs.errors import MountError, UsageError
+
+log = logging.getLogger("rangefs")
+
+# How long a background mount may take to become live before the parent gives up on it (seconds).
+_READY_TIMEOUT = 60.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rangefs", description="Mount remote files listed by URL, read-only.")
+    parser.add_argument("--version", action="version", version=f"rangefs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser("mount", help="mount the URLs listed in a file")
+    mount.add_argument("urls_file", type=Path, metavar="URLS_FILE", help="the list of URLs (see README)")
+    mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an empty directory")
+    mount.add_argument("-f", "--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
+    mount.add_argument("--cache-dir", type=Path, help=f"block cache directory (default: {default_cache_dir()})")
+    mount.add_argument("--block-size", default="1M", help="cache block and minimum request size (default: 1M)")
+    mount.add_argument(
+        "-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT...]",
+        help="FUSE mount options, e.g. -o allow_other",
+    )
+    mount.add_argument("--pid-file", type=Path, help="write the daemon's process id to this file")
+    _add_logging_options(mount)
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    umount = commands.add_parser("umount", help="unmount a rangefs mount")
+    umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    umount.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
+    return parser
+
+
+def _add_logging_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="set the log level")
+    parser.add_argument(
+        "--log-file", type=Path, help=f"log here (default: stderr; in the background {default_log_file()})"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return _mount(args)
+        return _umount(args)
+    except (UsageError, BaseExceptionGroup) as raised:
+        error = _sole_exception(raised)
+        if not isinstance(error, UsageError):
+            raise
+        print(f"rangefs: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _sole_exception(error: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (trio's nurseries wrap what they raise)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+def _setup_logging(args: argparse.Namespace, log_file: Path | None) -> None:
+    level = args.log_level.upper() if args.log_level else ["WARNING", "INFO", "DEBUG"][min(args.verbose, 2)]
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    # httpx logs every request at INFO: far too much for a filesystem's log.
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
+
+
+def _settings(args: argparse.Namespace) -> MountSettings:
+    options = frozenset(option for group in args.fuse_options for option in group.split(",") if option)
+    return MountSettings(
+        cache_dir=(args.cache_dir or default_cache_dir()).absolute(),
+        block_size=parse_size(args.block_size),
+        fuse_options=options,
+    )
+
+
+def _mount(args: argparse.Namespace) -> int:
+    entries = read_urls_file(args.urls_file, os.environ)
+    settings = _settings(args)
+    # Lazy import: the pyfuse3 extension is only needed once we really mount.
+    from rangefs import mount
+
+    mount.check_fuse_available()
+    mount.check_mountpoint(args.mountpoint)
+    if not args.foreground:
+        return _mount_in_background(args)
+    _setup_logging(args, args.log_file)
+    if args.pid_file:
+        args.pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        trio.run(_serve_and_report, entries, args, settings)
+    except (MountError, BaseExceptionGroup) as raised:
+        error = _sole_exception(raised)
+        _report_to_parent(args.ready_fd, f"error: {error}" if isinstance(error, MountError) else "error: crashed")
+        raise
+    finally:
+        if args.pid_file:
+            args.pid_file.unlink(missing_ok=True)
+    return 0
+
+
+async def _serve_and_report(entries: list, args: argparse.Namespace, settings: MountSettings) -> None:
+    from rangefs import mount
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(mount.serve, entries, args.mountpoint.absolute(), settings)
+        _report_to_parent(args.ready_fd, "ready")
+
+
+def _report_to_parent(ready_fd: int | None, message: str) -> None:
+    if ready_fd is None:
+        return
+    try:
+        os.write(ready_fd, f"{message}\n".encode())
+        os.close(ready_fd)
+    except OSError:
+        pass  # the parent is gone or was told already
+
+
+def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
+    argv = [sys.executable, "-m", "rangefs", "mount", str(args.urls_file.absolute()), str(args.mountpoint.absolute())]
+    argv += ["--foreground", "--ready-fd", str(ready_fd), "--block-size", args.block_size]
+    argv += ["--cache-dir", str((args.cache_dir or default_cache_dir()).absolute())]
+    for group in args.fuse_options:
+        argv += ["-o", group]
+    if args.pid_file:
+        argv += ["--pid-file", str(args.pid_file.absolute())]
+    if args.log_level:
+        argv += ["--log-level", args.log_level]
+    argv += ["-v"] * args.verbose
+    return argv
+
+
+def _mount_in_background(args: argparse.Namespace) -> int:
+    log_file = (args.log_file or default_log_file()).absolute()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    read_fd, write_fd = os.pipe()
+    with open(log_file, "ab") as log_stream:
+        child = subprocess.Popen(
+            [*_child_argv(args, write_fd), "--log-file", str(log_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_stream,
+            stderr=log_stream,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            cwd="/",
+        )
+    os.close(write_fd)
+    try:
+        message = _read_report(read_fd, child)
+    finally:
+        os.close(read_fd)
+    if message == "ready":
+        return 0
+    if message.startswith("error: "):
+        raise MountError(message.removeprefix("error: "))
+    raise MountError(f"the mount process did not start ({message}); see {log_file}")
+
+
+def _read_report(read_fd: int, child: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + _READY_TIMEOUT
+    received = b""
+    while b"\n" not in received:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            child.terminate()
+            return f"not ready after {_READY_TIMEOUT:.0f} s, stopped it"
+        readable, _, _ = select.select([read_fd], [], [], remaining)
+        if not readable:
+            continue
+        chunk = os.read(read_fd, 4096)
+        if not chunk:
+            code = child.wait()
+            return f"it exited with code {code}"
+        received += chunk
+    return received.decode(errors="replace").strip()
+
+
+def _umount(args: argparse.Namespace) -> int:
+    mountpoint = args.mountpoint.absolute()
+    command = ["fusermount3", "-u", *(["-z"] if args.lazy else []), str(mountpoint)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        reason = result.stderr.strip().removeprefix("fusermount3: ") or f"exit code {result.returncode}"
+        hint = " (files are open: close them, or use --lazy)" if "busy" in reason.lower() else ""
+        raise MountError(f"cannot unmount {mountpoint}: {reason}{hint}")
+    return 0

@@ -1,0 +1,67 @@
+"""Mount settings with their defaults, and the parsing of sizes such as ``64M``.
+
+Every knob documents its unit and why its default is what it is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from rangefs.errors import UsageError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``4096``, ``512K``, ``1M``, ``64MiB``, ``10G`` (binary units) into bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise UsageError(f"invalid size {text!r}: use a number with an optional K, M, G or T suffix, e.g. 64M")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def default_cache_dir() -> Path:
+    """The per-user cache directory (``~/.cache/rangefs`` on Linux)."""
+    return Path(platformdirs.user_cache_dir("rangefs", appauthor=False))
+
+
+def default_log_file() -> Path:
+    """Where a background mount logs when no ``--log-file`` is given."""
+    return Path(platformdirs.user_log_dir("rangefs", appauthor=False)) / "rangefs.log"
+
+
+@dataclass
+class MountSettings:
+    """Everything a mount needs besides the entries themselves."""
+
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    # 1 MiB: large enough that a sequential read costs few requests (httpx spends ~1.3 ms of CPU per request),
+    # small enough that a 4 KiB random read wastes at most 1 MiB of transfer.
+    block_size: int = MiB
+    # Longest single range request built from adjacent missing blocks of one demand read.
+    max_request_size: int = 8 * MiB
+    # Concurrent probes at mount time: enough to hide round trips for long URL lists, few enough not to look
+    # like an attack to one origin.
+    probe_concurrency: int = 32
+    # Seconds to wait for a connection, and for any single network read, before giving up.
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    # Seconds the kernel may cache attributes and directory entries (nothing changes them but a revalidation,
+    # which invalidates explicitly).
+    attr_timeout: float = 300.0
+    fuse_options: frozenset[str] = frozenset()
+    user_agent: str = "rangefs"
+
+    def __post_init__(self) -> None:
+        if self.block_size < 4 * KiB or self.block_size > 64 * MiB or self.block_size % (4 * KiB):
+            raise UsageError("--block-size must be a multiple of 4K between 4K and 64M")
+        self.max_request_size = max(self.max_request_size, self.block_size)

@@ -1,0 +1,165 @@
+"""FileEngine: open handles and reads over remote files, independent of FUSE.
+
+Each entry of the urls file becomes a RemoteFile. Its metadata is probed in the background when the engine
+starts (bounded concurrency), and whoever needs it (getattr, open) waits for that probe. A file whose probe
+failed is probed again on open, so a host that comes back is picked up without a remount.
+
+An open handle pins the version (size and validator) it was opened with: every read through it is either
+bytes of that version or an error, never a mix of two versions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from rangefs.blocks import BlockStore
+from rangefs.config import Entry
+from rangefs.errors import RemoteChanged, RemoteError
+from rangefs.ranges import ByteRange
+from rangefs.remote import RemoteClient, RemoteMetadata
+
+log = logging.getLogger(__name__)
+
+
+class RemoteVersion:
+    """One version of a remote file as a RangeSource for the BlockStore."""
+
+    def __init__(self, client: RemoteClient, metadata: RemoteMetadata, headers: tuple[tuple[str, str], ...]):
+        self.metadata = metadata
+        self._client = client
+        self._headers = headers
+        self.object_id = metadata.object_id
+        self.size = metadata.size
+
+    def describe(self) -> dict[str, object]:
+        meta = self.metadata
+        return {"url": meta.url, "size": meta.size, "etag": meta.etag, "last_modified": meta.last_modified}
+
+    async def fetch(self, wanted: ByteRange, *, demand: bool) -> bytearray:
+        return await self._client.fetch(self.metadata, wanted, self._headers)
+
+
+class RemoteFile:
+    """An entry of the urls file and what the last probe learned of it."""
+
+    def __init__(self, entry: Entry, index: int) -> None:
+        self.entry = entry
+        self.index = index
+        self.metadata: RemoteMetadata | None = None
+        self.failure: RemoteError | None = None
+        self.stale = False  # a read saw the file change: probe again before the next open
+        self._probed = trio.Event()
+        self._probing = False
+
+    def __repr__(self) -> str:
+        state = self.failure or (self.metadata and f"{self.metadata.size} bytes") or "probing"
+        return f"<RemoteFile {self.entry.path} {state}>"
+
+    @property
+    def url(self) -> str:
+        return self.entry.url
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    file: RemoteFile
+    version: RemoteVersion
+
+
+class FileEngine:
+    """Open, read and release remote files; the layer both FUSE and Python file objects sit on."""
+
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        client: RemoteClient,
+        store: BlockStore,
+        *,
+        probe_concurrency: int = 32,
+        on_metadata_changed: Callable[[int], None] | None = None,
+    ) -> None:
+        self.files = [RemoteFile(entry, index) for index, entry in enumerate(entries)]
+        self.client = client
+        self.store = store
+        self._probe_limiter = trio.CapacityLimiter(probe_concurrency)
+        self.on_metadata_changed = on_metadata_changed
+        self._handles: dict[int, OpenFile] = {}
+        self._handle_numbers = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"<FileEngine {len(self.files)} files, {len(self._handles)} open>"
+
+    async def run_probes(self) -> None:
+        """Probe every file once, concurrently; returns when all probes ended (successfully or not)."""
+        async with trio.open_nursery() as nursery:
+            for file in self.files:
+                nursery.start_soon(self._probe, file)
+
+    async def metadata(self, file_index: int) -> RemoteFile:
+        """The file, once its first probe has ended (its ``metadata`` is None if that probe failed)."""
+        file = self.files[file_index]
+        await file._probed.wait()
+        return file
+
+    async def _probe(self, file: RemoteFile) -> None:
+        if file._probing:
+            await file._probed.wait()
+            return
+        file._probing = True
+        done = file._probed
+        previous, previously_failed = file.metadata, file.failure is not None
+        try:
+            async with self._probe_limiter:
+                metadata = await self.client.probe(file.url, file.entry.headers)
+            expected = file.entry.expected_size
+            if expected is not None and metadata.size != expected:
+                raise RemoteChanged(file.url, f"size is {metadata.size} bytes, the urls file says {expected}")
+            file.metadata, file.failure, file.stale = metadata, None, False
+        except RemoteError as error:
+            log.warning("cannot probe %s: %s", file.url, error.cause)
+            file.failure = error
+        finally:
+            file._probing = False
+            done.set()
+        # The kernel may hold attributes or pages of what it saw before: a size-0 placeholder for a failed
+        # probe, or another version. (A first successful probe needs nothing: the kernel saw nothing yet.)
+        if previous is not None:
+            changed = file.metadata is not None and not previous.same_version(file.metadata)
+        else:
+            changed = previously_failed and file.metadata is not None
+        if changed and self.on_metadata_changed is not None:
+            self.on_metadata_changed(file.index)
+
+    async def open(self, file_index: int) -> int:
+        """A handle for reading the file; probes again first if the last probe failed or the file changed."""
+        file = await self.metadata(file_index)
+        if file.failure is not None or file.stale:
+            if not file._probing:
+                file._probed = trio.Event()
+            await self._probe(file)
+        if file.metadata is None:
+            assert file.failure is not None
+            raise file.failure
+        handle = next(self._handle_numbers)
+        self._handles[handle] = OpenFile(file, RemoteVersion(self.client, file.metadata, file.entry.headers))
+        return handle
+
+    async def read(self, handle: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer only at end of file) of the version opened."""
+        opened = self._handles[handle]
+        try:
+            return await self.store.read(opened.version, offset, size)
+        except RemoteChanged:
+            opened.file.stale = True
+            raise
+
+    def release(self, handle: int) -> None:
+        self._handles.pop(handle, None)
+
+    def url_of(self, handle: int) -> str:
+        return self._handles[handle].file.url

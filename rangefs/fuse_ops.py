@@ -1,0 +1,243 @@
+"""The thin pyfuse3 adapter: kernel requests in, engine calls out. The only place errors become errno values.
+
+pyfuse3 unmounts the whole filesystem when a handler raises anything but FUSEError, so every handler runs
+inside ``_errno_boundary``: expected failures (a remote file that cannot be read) become EIO/EACCES with one
+log line naming the URL and cause; anything unexpected is logged with its traceback and also becomes EIO,
+so one bug fails one request instead of every reader.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from rangefs.engine import FileEngine
+from rangefs.errors import RangefsError, RemoteError, RemoteStatusError
+from rangefs.logthrottle import LogThrottle
+from rangefs.namespace import DirectoryNode, FileNode, Namespace, Node
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_XATTR_PREFIX = b"user.rangefs."
+
+
+def _errno_boundary(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(handler)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except RemoteError as error:
+            operations = args[0]
+            assert isinstance(operations, RangefsOperations)
+            operations.log_remote_failure(handler.__name__, error)
+            if isinstance(error, RemoteStatusError) and error.status in (401, 403):
+                raise pyfuse3.FUSEError(errno.EACCES) from None
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except RangefsError as error:
+            log.warning("%s failed: %s", handler.__name__, error)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s; answering EIO", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return guarded
+
+
+async def _refuse_write(*_args: Any, **_kwargs: Any) -> Any:
+    raise pyfuse3.FUSEError(errno.EROFS)
+
+
+class RangefsOperations(pyfuse3.Operations):
+    """Presents a Namespace of remote files, read through a FileEngine."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        namespace: Namespace,
+        engine: FileEngine,
+        *,
+        attr_timeout: float,
+        block_size: int,
+        nursery: trio.Nursery,
+    ) -> None:
+        super().__init__()
+        self.namespace = namespace
+        self.engine = engine
+        self._attr_timeout = attr_timeout
+        self._block_size = block_size
+        self._nursery = nursery
+        self._uid, self._gid = os.getuid(), os.getgid()
+        self._mount_time_ns = time.time_ns()
+        self._inode_of_file = {node.file_index: node.inode for node in namespace.files()}
+        self._log_throttle = LogThrottle()
+
+    # Every request that could change something is refused: this filesystem is read-only.
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _refuse_write
+    write = create = setxattr = removexattr = _refuse_write
+
+    def log_remote_failure(self, operation: str, error: RemoteError) -> None:
+        admitted, held_back = self._log_throttle.admit(f"{error.url}\0{error.cause}")
+        if admitted:
+            suffix = f" ({held_back} more like it suppressed)" if held_back else ""
+            log.warning("%s of %s failed: %s%s", operation, error.url, error.cause, suffix)
+
+    def invalidate_file(self, file_index: int) -> None:
+        """Make the kernel forget attributes and cached pages of a file whose remote version changed."""
+        inode = self._inode_of_file[file_index]
+        # In a worker thread: the kernel may hold a page lock while it waits for a read this loop must answer.
+        self._nursery.start_soon(self._invalidate_in_thread, inode)
+
+    async def _invalidate_in_thread(self, inode: int) -> None:
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, pyfuse3.InodeT(inode), False)
+        except OSError as error:
+            log.debug("cannot invalidate inode %d: %s", inode, error)
+
+    def _node(self, inode: int) -> Node:
+        node = self.namespace.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    async def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = pyfuse3.InodeT(node.inode)
+        attrs.entry_timeout = attrs.attr_timeout = self._attr_timeout
+        attrs.st_uid, attrs.st_gid = self._uid, self._gid
+        attrs.st_blksize = self._block_size
+        mtime_ns = self._mount_time_ns
+        if isinstance(node, FileNode):
+            file = await self.engine.metadata(node.file_index)
+            size = file.metadata.size if file.metadata else 0
+            mtime = file.metadata.mtime if file.metadata else None
+            if mtime is not None:
+                mtime_ns = int(mtime * 1e9)
+            attrs.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o444)
+            attrs.st_nlink = 1
+            attrs.st_size = size
+            attrs.st_blocks = -(-size // 512)
+        else:
+            assert isinstance(node, DirectoryNode)
+            subdirectories = sum(isinstance(child, DirectoryNode) for child in node.children.values())
+            attrs.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
+            attrs.st_nlink = 2 + subdirectories
+        attrs.st_atime_ns = attrs.st_ctime_ns = attrs.st_mtime_ns = mtime_ns
+        return attrs
+
+    @_errno_boundary
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = self.namespace.lookup(parent_inode, os.fsdecode(name))
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return await self._attributes(node)
+
+    @_errno_boundary
+    async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._attributes(self._node(inode))
+
+    @_errno_boundary
+    async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+        if not isinstance(self._node(inode), DirectoryNode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return pyfuse3.FileHandleT(inode)
+
+    @_errno_boundary
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        directory = self._node(fh)
+        assert isinstance(directory, DirectoryNode)
+        children = directory.sorted_children()
+        # Attributes for all listed files at once: their probes run concurrently, not one after another.
+        attributes: list[pyfuse3.EntryAttributes | None] = [None] * len(children)
+
+        async def fill(position: int) -> None:
+            attributes[position] = await self._attributes(children[position])
+
+        async with trio.open_nursery() as nursery:
+            for position in range(start_id, len(children)):
+                nursery.start_soon(fill, position)
+        for position in range(start_id, len(children)):
+            attrs = attributes[position]
+            assert attrs is not None
+            if not pyfuse3.readdir_reply(token, os.fsencode(children[position].name), attrs, position + 1):
+                break
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    @_errno_boundary
+    async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if not isinstance(node, FileNode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        handle = await self.engine.open(node.file_index)
+        # keep_cache: pages the kernel holds stay valid across opens, because a changed remote version is
+        # invalidated explicitly (invalidate_file). Warm re-reads then run at page-cache speed.
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle), keep_cache=True)
+
+    @_errno_boundary
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        return await self.engine.read(fh, off, size)
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        self.engine.release(fh)
+
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    @_errno_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        known = [file.metadata.size for file in self.engine.files if file.metadata is not None]
+        data.f_bsize = data.f_frsize = self._block_size
+        data.f_blocks = -(-sum(known) // self._block_size)
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = len(self.namespace)
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    @_errno_boundary
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        values = await self._xattrs(self._node(inode))
+        if name not in values:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return values[name]
+
+    @_errno_boundary
+    async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> Sequence[pyfuse3.XAttrNameT]:
+        return [pyfuse3.XAttrNameT(name) for name in await self._xattrs(self._node(inode))]
+
+    async def _xattrs(self, node: Node) -> dict[bytes, bytes]:
+        if not isinstance(node, FileNode):
+            return {}
+        file = await self.engine.metadata(node.file_index)
+        values = {b"url": file.url}
+        if file.metadata is not None:
+            values[b"etag"] = file.metadata.etag or ""
+            values[b"last_modified"] = file.metadata.last_modified or ""
+        if file.failure is not None:
+            values[b"error"] = file.failure.cause
+        return {_XATTR_PREFIX + key: value.encode() for key, value in values.items()}

@@ -1,0 +1,110 @@
+"""Mount lifecycle: checks before mounting, the service nursery, pyfuse3 init/main/close, signals.
+
+The mount is live (``task_status.started()``) only once the kernel has accepted it; it is always unmounted
+on the way out, whether main() ended by ``fusermount3 -u``, a signal or an error.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from rangefs.blocks import BlockStore
+from rangefs.cache import BlockCache
+from rangefs.config import Entry, MountSettings
+from rangefs.engine import FileEngine
+from rangefs.errors import MountError
+from rangefs.fuse_ops import RangefsOperations
+from rangefs.namespace import Namespace
+from rangefs.remote import RemoteClient
+
+log = logging.getLogger(__name__)
+
+_BASE_OPTIONS = frozenset({"fsname=rangefs", "subtype=rangefs", "ro", "default_permissions"})
+
+
+def check_fuse_available() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("FUSE is not available: /dev/fuse is missing (load the fuse module or install fuse3)")
+    if shutil.which("fusermount3") is None:
+        raise MountError("FUSE is not available: fusermount3 not found (install the fuse3 package)")
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """Refuse a mountpoint that is missing, not a directory, in use or not empty, with what to do."""
+    try:
+        if not mountpoint.exists():
+            raise MountError(f"mountpoint {mountpoint} does not exist; create it with: mkdir -p {mountpoint}")
+        if not mountpoint.is_dir():
+            raise MountError(f"mountpoint {mountpoint} is not a directory")
+        if os.path.ismount(mountpoint):
+            raise MountError(f"{mountpoint} is already a mountpoint; unmount it first (rangefs umount {mountpoint})")
+        if any(mountpoint.iterdir()):
+            raise MountError(f"mountpoint {mountpoint} is not empty; mount on an empty directory")
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{mountpoint} is a FUSE mount whose daemon died; clean it up with: fusermount3 -u {mountpoint}"
+            ) from None
+        raise MountError(f"cannot use mountpoint {mountpoint}: {error.strerror}") from None
+
+
+async def serve(
+    entries: Sequence[Entry],
+    mountpoint: Path,
+    settings: MountSettings,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Mount, serve until unmounted or signalled, unmount."""
+    cache = BlockCache(settings.cache_dir)
+    problem = cache.check_writable()
+    if problem:
+        log.warning("%s", problem)
+    async with (
+        RemoteClient(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            user_agent=settings.user_agent,
+        ) as client,
+        trio.open_nursery() as nursery,
+    ):
+        store = BlockStore(
+            cache, block_size=settings.block_size, max_request_size=settings.max_request_size, nursery=nursery
+        )
+        engine = FileEngine(entries, client, store, probe_concurrency=settings.probe_concurrency)
+        operations = RangefsOperations(
+            Namespace(entries), engine, attr_timeout=settings.attr_timeout, block_size=settings.block_size,
+            nursery=nursery,
+        )
+        engine.on_metadata_changed = operations.invalidate_file
+        nursery.start_soon(engine.run_probes)
+        try:
+            pyfuse3.init(operations, str(mountpoint), set(_BASE_OPTIONS | settings.fuse_options))
+        except RuntimeError as error:
+            raise MountError(f"cannot mount on {mountpoint}: {error} (see the log for libfuse's reason)") from None
+        try:
+            nursery.start_soon(_terminate_on_signals)
+            log.info("mounted %d files on %s", len(entries), mountpoint)
+            task_status.started()
+            await pyfuse3.main()
+        finally:
+            pyfuse3.close(unmount=True)
+            nursery.cancel_scope.cancel()
+            log.info("unmounted %s", mountpoint)
+
+
+async def _terminate_on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s, unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return

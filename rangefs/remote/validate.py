@@ -1,0 +1,63 @@
+"""Checks that turn an HTTP answer into trusted bytes, or into an error that says what was wrong.
+
+Pure functions over status and headers, so every way a range response can be wrong is unit-tested.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from rangefs.errors import InvalidResponse, RemoteChanged, RemoteStatusError
+from rangefs.ranges import ByteRange
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
+
+
+def parse_content_range(value: str) -> tuple[ByteRange, int | None]:
+    """``bytes 0-99/1000`` -> (ByteRange(0, 100), 1000); the total is None for ``*``."""
+    match = _CONTENT_RANGE.match(value)
+    if not match:
+        raise ValueError(f"malformed Content-Range {value!r}")
+    first, last, total = int(match.group(1)), int(match.group(2)), match.group(3)
+    if last < first:
+        raise ValueError(f"malformed Content-Range {value!r}")
+    return ByteRange(first, last + 1), None if total == "*" else int(total)
+
+
+def parse_unsatisfied_range(value: str) -> int | None:
+    """The total size from a 416 answer's ``bytes */SIZE``, if present."""
+    match = _UNSATISFIED_RANGE.match(value)
+    return int(match.group(1)) if match else None
+
+
+def check_range_response(
+    url: str, status: int, headers: Mapping[str, str], wanted: ByteRange, file_size: int, sent_if_range: bool
+) -> None:
+    """Raise unless the answer is exactly the ``wanted`` bytes of the version we asked for."""
+    if status == 200:
+        if sent_if_range:
+            raise RemoteChanged(url, "server sent the whole file to an If-Range request: the file changed")
+        raise InvalidResponse(url, "server ignored the Range header (200 instead of 206)")
+    if status == 416:
+        raise RemoteChanged(url, f"range {wanted.header_value()} not satisfiable: the file shrank")
+    if status != 206:
+        raise RemoteStatusError(url, status)
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise InvalidResponse(url, f"range answered with Content-Encoding {encoding!r}")
+    content_range = headers.get("content-range")
+    if content_range is None:
+        raise InvalidResponse(url, "206 answer without Content-Range")
+    try:
+        got, total = parse_content_range(content_range)
+    except ValueError as error:
+        raise InvalidResponse(url, str(error)) from None
+    if got != wanted:
+        raise InvalidResponse(url, f"asked for {wanted.header_value()}, got Content-Range {content_range!r}")
+    if total is not None and total != file_size:
+        raise RemoteChanged(url, f"size changed from {file_size} to {total} bytes")
+    length = headers.get("content-length")
+    if length is not None and (not length.strip().isdigit() or int(length) != wanted.length):
+        raise InvalidResponse(url, f"Content-Length {length} for a range of {wanted.length} bytes")
