@@ -65,9 +65,7 @@ class StoreStatistics:
 class BlockStore:
     """Cache-or-fetch for blocks of ``block_size`` bytes; single flight per block."""
 
-    def __init__(
-        self, cache: BlockCache, *, block_size: int, max_request_size: int, nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, cache: BlockCache, *, block_size: int, max_request_size: int, nursery: trio.Nursery) -> None:
         self.cache = cache
         self.block_size = block_size
         self._blocks_per_request = max(1, max_request_size // block_size)

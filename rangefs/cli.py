@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from rangefs import __version__
-from rangefs.config import MountSettings, default_cache_dir, parse_size, read_urls_file
+from rangefs.config import Entry, MountSettings, default_cache_dir, parse_size, read_urls_file
 from rangefs.config.settings import default_log_file
 from rangefs.errors import MountError, UsageError
 
@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--cache-dir", type=Path, help=f"block cache directory (default: {default_cache_dir()})")
     mount.add_argument("--block-size", default="1M", help="cache block and minimum request size (default: 1M)")
     mount.add_argument(
-        "-o", dest="fuse_options", action="append", default=[], metavar="OPT[,OPT...]",
+        "-o",
+        dest="fuse_options",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT...]",
         help="FUSE mount options, e.g. -o allow_other",
     )
     mount.add_argument("--pid-file", type=Path, help="write the daemon's process id to this file")
@@ -136,7 +140,7 @@ def _mount(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve_and_report(entries: list, args: argparse.Namespace, settings: MountSettings) -> None:
+async def _serve_and_report(entries: list[Entry], args: argparse.Namespace, settings: MountSettings) -> None:
     from rangefs import mount
 
     async with trio.open_nursery() as nursery:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -81,7 +81,7 @@ class FileEngine:
         store: BlockStore,
         *,
         probe_concurrency: int = 32,
-        on_metadata_changed: Callable[[int], None] | None = None,
+        on_metadata_changed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.files = [RemoteFile(entry, index) for index, entry in enumerate(entries)]
         self.client = client
@@ -133,7 +133,7 @@ class FileEngine:
         else:
             changed = previously_failed and file.metadata is not None
         if changed and self.on_metadata_changed is not None:
-            self.on_metadata_changed(file.index)
+            await self.on_metadata_changed(file.index)
 
     async def open(self, file_index: int) -> int:
         """A handle for reading the file; probes again first if the last probe failed or the file changed."""

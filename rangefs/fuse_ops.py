@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -33,7 +33,7 @@ R = TypeVar("R")
 _XATTR_PREFIX = b"user.rangefs."
 
 
-def _errno_boundary(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _errno_boundary(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     @functools.wraps(handler)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -75,14 +75,12 @@ class RangefsOperations(pyfuse3.Operations):
         *,
         attr_timeout: float,
         block_size: int,
-        nursery: trio.Nursery,
     ) -> None:
         super().__init__()
         self.namespace = namespace
         self.engine = engine
         self._attr_timeout = attr_timeout
         self._block_size = block_size
-        self._nursery = nursery
         self._uid, self._gid = os.getuid(), os.getgid()
         self._mount_time_ns = time.time_ns()
         self._inode_of_file = {node.file_index: node.inode for node in namespace.files()}
@@ -98,13 +96,10 @@ class RangefsOperations(pyfuse3.Operations):
             suffix = f" ({held_back} more like it suppressed)" if held_back else ""
             log.warning("%s of %s failed: %s%s", operation, error.url, error.cause, suffix)
 
-    def invalidate_file(self, file_index: int) -> None:
+    async def invalidate_file(self, file_index: int) -> None:
         """Make the kernel forget attributes and cached pages of a file whose remote version changed."""
         inode = self._inode_of_file[file_index]
         # In a worker thread: the kernel may hold a page lock while it waits for a read this loop must answer.
-        self._nursery.start_soon(self._invalidate_in_thread, inode)
-
-    async def _invalidate_in_thread(self, inode: int) -> None:
         try:
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, pyfuse3.InodeT(inode), False)
         except OSError as error:
@@ -218,9 +213,7 @@ class RangefsOperations(pyfuse3.Operations):
         return data
 
     @_errno_boundary
-    async def getxattr(
-        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
-    ) -> bytes:
+    async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
         values = await self._xattrs(self._node(inode))
         if name not in values:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

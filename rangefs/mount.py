@@ -82,8 +82,7 @@ async def serve(
         )
         engine = FileEngine(entries, client, store, probe_concurrency=settings.probe_concurrency)
         operations = RangefsOperations(
-            Namespace(entries), engine, attr_timeout=settings.attr_timeout, block_size=settings.block_size,
-            nursery=nursery,
+            Namespace(entries), engine, attr_timeout=settings.attr_timeout, block_size=settings.block_size
         )
         engine.on_metadata_changed = operations.invalidate_file
         nursery.start_soon(engine.run_probes)

@@ -48,7 +48,7 @@ class Namespace:
                 if child is None:
                     child = self._add(DirectoryNode(self._next_inode(), part, directory))
                 if not isinstance(child, DirectoryNode):
-                    raise ValueError(f"{entry.path}: {part} is a file")  # the parser rejects this layout
+                    raise TypeError(f"{entry.path}: {part} is a file")  # the parser rejects this layout
                 directory = child
             self._add(FileNode(self._next_inode(), entry.path.name, directory, entry, file_index))
 

@@ -15,6 +15,7 @@ and nothing here waits on the network.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -115,10 +116,8 @@ class BlockCache:
         self.stats.corrupt_blocks += 1
         self.stats.misses += 1
         log.warning("cache: dropping corrupt block %s (%s); it will be fetched again", path, reason)
-        try:
+        with contextlib.suppress(OSError):
             path.unlink()
-        except OSError:
-            pass
 
     def write(self, object_id: str, index: int, data: memoryview, describe: dict[str, object]) -> bool:
         """Store a block atomically; False (logged once per pause) when the disk refuses."""
@@ -170,10 +169,8 @@ def _write_atomically(path: Path, header: bytes, data: memoryview) -> None:
             os.close(fd)
         os.replace(temporary, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(temporary)
-        except OSError:
-            pass
         raise
 
 

@@ -48,7 +48,7 @@ class RemoteClient:
         user_agent: str = "rangefs",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _SOCKET_READ_SIZE  # type: ignore[attr-defined]
+        httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _SOCKET_READ_SIZE
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -115,7 +115,12 @@ class RemoteClient:
         with self._translated(url):
             async with self._request("GET", url, headers, extra) as response:
                 check_range_response(
-                    url, response.status_code, response.headers, wanted, metadata.size, "If-Range" in extra
+                    url,
+                    response.status_code,
+                    response.headers,
+                    wanted=wanted,
+                    file_size=metadata.size,
+                    sent_if_range="If-Range" in extra,
                 )
                 body = bytearray(wanted.length)
                 view = memoryview(body)

@@ -44,8 +44,8 @@ class RemoteMetadata:
     @property
     def object_id(self) -> str:
         """Cache identity: blocks of another URL, version or size can never be mistaken for this one's."""
-        version = f"{CACHE_FORMAT_VERSION}\0{self.url}\0{self.strong_etag or ''}\0{self.last_modified or ''}\0{self.size}"
-        return hashlib.sha256(version.encode()).hexdigest()
+        parts = (CACHE_FORMAT_VERSION, self.url, self.strong_etag or "", self.last_modified or "", self.size)
+        return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
 
     def same_version(self, other: RemoteMetadata) -> bool:
         return self.object_id == other.object_id

@@ -33,7 +33,7 @@ def parse_unsatisfied_range(value: str) -> int | None:
 
 
 def check_range_response(
-    url: str, status: int, headers: Mapping[str, str], wanted: ByteRange, file_size: int, sent_if_range: bool
+    url: str, status: int, headers: Mapping[str, str], *, wanted: ByteRange, file_size: int, sent_if_range: bool
 ) -> None:
     """Raise unless the answer is exactly the ``wanted`` bytes of the version we asked for."""
     if status == 200:

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (Debian packages, venv) and run every check: lint, types, layer contracts, then the test suite,
+# which mounts real FUSE filesystems against a loopback HTTP origin (needs root or /dev/fuse access).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh unzip
+.venv/bin/ruff check rangefs tests benchmarks scripts
+.venv/bin/ruff format --check rangefs tests benchmarks scripts
+.venv/bin/mypy
+.venv/bin/lint-imports
+.venv/bin/python -m pytest "$@"

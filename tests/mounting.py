@@ -1,0 +1,82 @@
+"""Run the real ``rangefs mount`` CLI for tests and always clean up: unmount, then end the daemon by PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_MOUNT_TIMEOUT = 20.0
+_EXIT_TIMEOUT = 15.0
+_BAD_LOG_LINE = re.compile(r" (ERROR|CRITICAL) |Traceback")
+
+
+def rangefs_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rangefs", *args]
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/mounts") as mounts:
+        return any(line.split()[1] == target for line in mounts)
+
+
+@dataclass
+class Mount:
+    """A foreground rangefs daemon serving ``path``; the test owns its PID."""
+
+    path: Path
+    cache_dir: Path
+    log_file: Path
+    process: subprocess.Popen[bytes]
+    extra_args: tuple[str, ...] = ()
+    allowed_log_patterns: list[str] = field(default_factory=list)
+
+    def log_text(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def output_text(self) -> str:
+        output = self.log_file.with_suffix(".out")
+        return output.read_text() if output.exists() else ""
+
+    def unmount(self) -> None:
+        """Unmount and wait for the daemon to exit; kill it by PID only if it will not."""
+        if is_mounted(self.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False, capture_output=True)
+        try:
+            self.process.wait(timeout=_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=_EXIT_TIMEOUT)
+            raise AssertionError(f"rangefs daemon {self.process.pid} did not exit after unmount") from None
+
+    def unexpected_log_lines(self) -> list[str]:
+        text = self.log_text() + self.output_text()
+        lines = [line for line in text.splitlines() if _BAD_LOG_LINE.search(line)]
+        return [line for line in lines if not any(re.search(p, line) for p in self.allowed_log_patterns)]
+
+
+def start_mount(urls_file: Path, mountpoint: Path, cache_dir: Path, log_file: Path, *extra_args: str) -> Mount:
+    """Start ``rangefs mount --foreground`` and wait until the kernel shows the mount."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    command = rangefs_command(
+        "mount", str(urls_file), str(mountpoint), "--foreground", "--cache-dir", str(cache_dir),
+        "--log-file", str(log_file), "-v", *extra_args,
+    )  # fmt: skip
+    # The daemon's own stdout/stderr (tracebacks that escape logging) land beside its log.
+    with open(log_file.with_suffix(".out"), "ab") as output:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+    mount = Mount(mountpoint, cache_dir, log_file, process, extra_args)
+    deadline = time.monotonic() + _MOUNT_TIMEOUT
+    while not is_mounted(mountpoint):
+        if process.poll() is not None:
+            raise AssertionError(f"rangefs exited with {process.returncode} before mounting: {mount.output_text()}")
+        if time.monotonic() > deadline:
+            mount.unmount()
+            raise AssertionError(f"{mountpoint} not mounted after {_MOUNT_TIMEOUT} s")
+        time.sleep(0.02)
+    return mount
