@@ -55,6 +55,8 @@ class Origin:
     requests: list[RequestRecord] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0  # most requests being answered at the same moment
 
     def add(self, path: str, data: bytes, *, etag: bool = True, last_modified: bool = True) -> str:
         """Serve ``data`` at ``path`` (replacing what was there, with a new validator); returns the URL."""
@@ -123,13 +125,19 @@ class OriginHandler(BaseHTTPRequestHandler):
         with origin.lock:
             origin.requests.append(record)
             served = origin.files.get(self.path)
-            fault = origin.faults.get(self.path)
-        if fault is not None and fault(self, served):
-            return
-        if served is None:
-            self.send_simple(404, b"not found\n")
-            return
-        self.send_file(served, send_body=send_body)
+            fault = origin.faults.get(self.path) or origin.faults.get("*")
+            origin.in_flight += 1
+            origin.max_in_flight = max(origin.max_in_flight, origin.in_flight)
+        try:
+            if fault is not None and fault(self, served):
+                return
+            if served is None:
+                self.send_simple(404, b"not found\n")
+                return
+            self.send_file(served, send_body=send_body)
+        finally:
+            with origin.lock:
+                origin.in_flight -= 1
 
     def send_simple(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.record.status = status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,17 @@ def test_fetched_requests_are_validated_ranges(data_file: tuple[bytes, Path], or
         assert record.headers.get("accept-encoding") == "identity"
         assert record.headers.get("if-range"), "every range request carries the validator"
         assert record.status == 206
+
+
+def test_many_urls_are_probed_concurrently(origin: Origin, mount_factory: MountFactory) -> None:
+    def slow_head(handler, served) -> bool:  # type: ignore[no-untyped-def]
+        time.sleep(0.02)  # a round trip: 1,000 of them in a row would take 20 s
+        return False
+
+    origin.faults["*"] = slow_head
+    urls = [origin.add(f"/many/{number:04d}.bin", bytes([number % 256]) * (number + 1)) for number in range(1000)]
+    mounted = mount_factory(urls)
+    listing = {entry.name: entry.stat().st_size for entry in os.scandir(mounted.path)}
+    assert listing == {f"{number:04d}.bin": number + 1 for number in range(1000)}
+    assert len([r for r in origin.requests if r.method == "HEAD"]) == 1000
+    assert origin.max_in_flight >= 8, "probes must overlap, not run one after another"
