@@ -20,6 +20,9 @@ from rangefs.ranges import ByteRange, block_range, blocks_covering, clamp_read, 
 
 log = logging.getLogger(__name__)
 
+# A read retries when a fetch it joined was cancelled; more than a couple in a row means the mount is stopping.
+_READ_ATTEMPTS = 3
+
 
 class RangeSource(Protocol):
     """One immutable version of a remote file, able to fetch validated byte ranges of itself."""
@@ -81,6 +84,16 @@ class BlockStore:
 
     async def read(self, source: RangeSource, offset: int, size: int) -> bytes:
         """The bytes of ``source`` at ``offset``: ``size`` of them, fewer only at end of file."""
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return await self._read_once(source, offset, size)
+            except FetchAborted:
+                # A prefetch this read had joined was cancelled (its stream was abandoned): fetch it ourselves.
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _read_once(self, source: RangeSource, offset: int, size: int) -> bytes:
         wanted = clamp_read(offset, size, source.size)
         if wanted.length == 0:
             await trio.lowlevel.checkpoint()
@@ -112,7 +125,9 @@ class BlockStore:
         return b"".join(result)
 
     def start_fetches(self, source: RangeSource, indices: list[int], *, demand: bool) -> dict[int, _PendingBlock]:
-        """Start fetching the given blocks (sorted) that are not already in flight; synchronous, never waits."""
+        """Start fetching the given blocks (sorted) in the service nursery, joining those already in flight.
+
+        Synchronous: never waits. Returns the pending block for every index."""
         pending_by_index: dict[int, _PendingBlock] = {}
         new: list[int] = []
         for index in indices:
@@ -120,13 +135,27 @@ class BlockStore:
             if existing is not None:
                 pending_by_index[index] = existing
             else:
-                pending = _PendingBlock()
-                self._in_flight[(source.object_id, index)] = pending
-                pending_by_index[index] = pending
+                pending_by_index[index] = self._register(source, index)
                 new.append(index)
         for run in runs(new, self._blocks_per_request):
             self._nursery.start_soon(self._fetch_run, source, run, {i: pending_by_index[i] for i in run}, demand)
         return pending_by_index
+
+    async def fetch_blocks(self, source: RangeSource, indices: list[int]) -> None:
+        """Fetch the given blocks (sorted) into the cache in this task, skipping cached and in-flight ones.
+
+        For prefetching: cancelling the caller cancels the fetch, and readers that joined it fetch again."""
+        for planned in runs(indices, self._blocks_per_request):
+            # Checked again per run: while an earlier run was fetched, others may have taken some blocks.
+            fresh = [i for i in planned if not self.is_cached_or_in_flight(source, i)]
+            for run in runs(fresh, self._blocks_per_request):
+                pending = {index: self._register(source, index) for index in run}
+                await self._fetch_run(source, run, pending, False)
+
+    def _register(self, source: RangeSource, index: int) -> _PendingBlock:
+        pending = _PendingBlock()
+        self._in_flight[(source.object_id, index)] = pending
+        return pending
 
     def is_cached_or_in_flight(self, source: RangeSource, index: int) -> bool:
         return (source.object_id, index) in self._in_flight or self.cache.contains(source.object_id, index)

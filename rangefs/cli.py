@@ -42,6 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--cache-dir", type=Path, help=f"block cache directory (default: {default_cache_dir()})")
     mount.add_argument("--block-size", default="1M", help="cache block and minimum request size (default: 1M)")
     mount.add_argument(
+        "--connections", type=int, default=8, help="parallel connections per host for readahead (default: 8)"
+    )
+    mount.add_argument(
+        "--max-readahead", default="64M", help="largest readahead window of one sequential stream (default: 64M)"
+    )
+    mount.add_argument(
+        "--max-inflight", default="256M", help="prefetched bytes in flight across the mount (default: 256M)"
+    )
+    mount.add_argument(
+        "--kernel-readahead",
+        default="8M",
+        help="the kernel's readahead for the mount, root only; 0 keeps the kernel default (default: 8M)",
+    )
+    mount.add_argument(
         "-o",
         dest="fuse_options",
         action="append",
@@ -108,9 +122,14 @@ def _setup_logging(args: argparse.Namespace, log_file: Path | None) -> None:
 
 def _settings(args: argparse.Namespace) -> MountSettings:
     options = frozenset(option for group in args.fuse_options for option in group.split(",") if option)
+    kernel_readahead = parse_size(args.kernel_readahead)
     return MountSettings(
         cache_dir=(args.cache_dir or default_cache_dir()).absolute(),
         block_size=parse_size(args.block_size),
+        connections=args.connections,
+        max_readahead=parse_size(args.max_readahead),
+        max_inflight=parse_size(args.max_inflight),
+        kernel_readahead=kernel_readahead or None,
         fuse_options=options,
     )
 
@@ -161,6 +180,8 @@ def _report_to_parent(ready_fd: int | None, message: str) -> None:
 def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
     argv = [sys.executable, "-m", "rangefs", "mount", str(args.urls_file.absolute()), str(args.mountpoint.absolute())]
     argv += ["--foreground", "--ready-fd", str(ready_fd), "--block-size", args.block_size]
+    argv += ["--connections", str(args.connections), "--max-readahead", args.max_readahead]
+    argv += ["--max-inflight", args.max_inflight, "--kernel-readahead", args.kernel_readahead]
     argv += ["--cache-dir", str((args.cache_dir or default_cache_dir()).absolute())]
     for group in args.fuse_options:
         argv += ["-o", group]

@@ -21,6 +21,8 @@ from rangefs.blocks import BlockStore
 from rangefs.config import Entry
 from rangefs.errors import RemoteChanged, RemoteError
 from rangefs.ranges import ByteRange
+from rangefs.readahead import AccessPattern, ReadaheadConfig
+from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient, RemoteMetadata
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class RemoteVersion:
         return {"url": meta.url, "size": meta.size, "etag": meta.etag, "last_modified": meta.last_modified}
 
     async def fetch(self, wanted: ByteRange, *, demand: bool) -> bytearray:
-        return await self._client.fetch(self.metadata, wanted, self._headers)
+        return await self._client.fetch(self.metadata, wanted, self._headers, demand=demand)
 
 
 class RemoteFile:
@@ -69,6 +71,7 @@ class RemoteFile:
 class OpenFile:
     file: RemoteFile
     version: RemoteVersion
+    pattern: AccessPattern
 
 
 class FileEngine:
@@ -80,12 +83,16 @@ class FileEngine:
         client: RemoteClient,
         store: BlockStore,
         *,
+        prefetcher: Prefetcher | None = None,
+        readahead: ReadaheadConfig | None = None,
         probe_concurrency: int = 32,
         on_metadata_changed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.files = [RemoteFile(entry, index) for index, entry in enumerate(entries)]
         self.client = client
         self.store = store
+        self.prefetcher = prefetcher
+        self.readahead = readahead or ReadaheadConfig(block_size=store.block_size)
         self._probe_limiter = trio.CapacityLimiter(probe_concurrency)
         self.on_metadata_changed = on_metadata_changed
         self._handles: dict[int, OpenFile] = {}
@@ -146,12 +153,19 @@ class FileEngine:
             assert file.failure is not None
             raise file.failure
         handle = next(self._handle_numbers)
-        self._handles[handle] = OpenFile(file, RemoteVersion(self.client, file.metadata, file.entry.headers))
+        version = RemoteVersion(self.client, file.metadata, file.entry.headers)
+        self._handles[handle] = OpenFile(file, version, AccessPattern(self.readahead, file.metadata.size))
         return handle
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer only at end of file) of the version opened."""
         opened = self._handles[handle]
+        decision = opened.pattern.on_read(offset, size)
+        if self.prefetcher is not None:
+            if decision.dropped_streams:
+                self.prefetcher.cancel(handle, decision.dropped_streams)
+            if decision.prefetch is not None:
+                self.prefetcher.submit(opened.version, handle, decision.prefetch)
         try:
             return await self.store.read(opened.version, offset, size)
         except RemoteChanged:
@@ -159,7 +173,10 @@ class FileEngine:
             raise
 
     def release(self, handle: int) -> None:
+        """Forget the handle and cancel the prefetching done for it."""
         self._handles.pop(handle, None)
+        if self.prefetcher is not None:
+            self.prefetcher.cancel(handle)
 
     def url_of(self, handle: int) -> str:
         return self._handles[handle].file.url

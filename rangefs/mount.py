@@ -17,6 +17,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from rangefs import kernel
 from rangefs.blocks import BlockStore
 from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings
@@ -24,6 +25,8 @@ from rangefs.engine import FileEngine
 from rangefs.errors import MountError
 from rangefs.fuse_ops import RangefsOperations
 from rangefs.namespace import Namespace
+from rangefs.readahead import ReadaheadConfig
+from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ async def serve(
         RemoteClient(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            connections_per_host=settings.connections,
             user_agent=settings.user_agent,
         ) as client,
         trio.open_nursery() as nursery,
@@ -80,7 +84,21 @@ async def serve(
         store = BlockStore(
             cache, block_size=settings.block_size, max_request_size=settings.max_request_size, nursery=nursery
         )
-        engine = FileEngine(entries, client, store, probe_concurrency=settings.probe_concurrency)
+        prefetcher = Prefetcher(
+            store,
+            max_inflight_bytes=settings.max_inflight,
+            part_size=settings.prefetch_part_size,
+            nursery=nursery,
+        )
+        readahead = ReadaheadConfig(block_size=settings.block_size, max_window=settings.max_readahead)
+        engine = FileEngine(
+            entries,
+            client,
+            store,
+            prefetcher=prefetcher,
+            readahead=readahead,
+            probe_concurrency=settings.probe_concurrency,
+        )
         operations = RangefsOperations(
             Namespace(entries), engine, attr_timeout=settings.attr_timeout, block_size=settings.block_size
         )
@@ -91,8 +109,9 @@ async def serve(
         except RuntimeError as error:
             raise MountError(f"cannot mount on {mountpoint}: {error} (see the log for libfuse's reason)") from None
         try:
+            applied = kernel.tune(mountpoint, readahead_bytes=settings.kernel_readahead, max_background=64)
             nursery.start_soon(_terminate_on_signals)
-            log.info("mounted %d files on %s", len(entries), mountpoint)
+            log.info("mounted %d files on %s (kernel: %s)", len(entries), mountpoint, applied or "defaults")
             task_status.started()
             await pyfuse3.main()
         finally:

@@ -17,6 +17,7 @@ import httpx
 
 from rangefs.errors import InvalidResponse, RemoteError, RemoteStatusError, RemoteUnreachable
 from rangefs.ranges import ByteRange
+from rangefs.remote.limits import HostLimits
 from rangefs.remote.metadata import RemoteMetadata
 from rangefs.remote.validate import check_range_response, parse_content_range, parse_unsatisfied_range
 
@@ -44,19 +45,21 @@ class RemoteClient:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
-        max_connections: int = 64,
+        connections_per_host: int = 8,
         user_agent: str = "rangefs",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _SOCKET_READ_SIZE
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # The HostLimits below bound connections; httpx's pool only keeps them alive.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=4 * connections_per_host),
             follow_redirects=False,
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
             transport=transport,
             trust_env=True,
         )
+        self.limits = HostLimits(connections_per_host)
         self.stats = ClientStatistics()
 
     async def aclose(self) -> None:
@@ -104,9 +107,23 @@ class RemoteClient:
             raise RemoteStatusError(url, status)
 
     async def fetch(
-        self, metadata: RemoteMetadata, wanted: ByteRange, headers: tuple[tuple[str, str], ...] = ()
+        self,
+        metadata: RemoteMetadata,
+        wanted: ByteRange,
+        headers: tuple[tuple[str, str], ...] = (),
+        *,
+        demand: bool = True,
     ) -> bytearray:
-        """Exactly the ``wanted`` bytes of the version ``metadata`` describes, or a RemoteError."""
+        """Exactly the ``wanted`` bytes of the version ``metadata`` describes, or a RemoteError.
+
+        Demand fetches (a reader waits) and prefetches use separate connection limits per host."""
+        origin = httpx.URL(metadata.url)
+        async with self.limits.limiter(f"{origin.scheme}://{origin.netloc.decode()}", demand=demand):
+            return await self._fetch(metadata, wanted, headers)
+
+    async def _fetch(
+        self, metadata: RemoteMetadata, wanted: ByteRange, headers: tuple[tuple[str, str], ...]
+    ) -> bytearray:
         url = metadata.url
         extra = {"Range": wanted.header_value()}
         if metadata.if_range:

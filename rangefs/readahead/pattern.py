@@ -1,0 +1,166 @@
+"""AccessPattern: decide, from the reads of one open file, what to prefetch. Pure: no I/O, no trio, no clock.
+
+The model is a small set of *streams* per open file. A stream is a run of reads that follow each other; it
+remembers where it ends (the highest byte read), how many of its reads arrived in order, how much readahead
+it has earned (its *window*) and how far it has already been prefetched.
+
+- A read continues a stream when it starts near that stream's end: at most ``behind_tolerance`` before it
+  (the kernel sends readahead requests concurrently, so they arrive slightly out of order) and at most one
+  block after it. Once a stream is confirmed sequential, a jump of up to ``ahead_tolerance`` forward still
+  continues it: the kernel may have several reads in flight and answer order is not request order.
+- Any other read starts a new stream. A stream that is not confirmed earns no readahead, so a reader that
+  jumps around (a zip listing, SQLite pages, a video seek) fetches only the blocks it reads.
+- After ``confirm_reads`` in-order reads the stream prefetches its window ahead of its end. The window starts
+  at one block and doubles each time a prefetch is issued, up to ``max_window``; a new prefetch is issued only
+  when less than half a window remains ahead, so prefetches come in few, large pieces.
+- At most ``max_streams`` streams are kept per file; the least recently used is dropped and reported, so the
+  prefetcher can cancel what it was fetching for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ReadaheadConfig:
+    """Knobs of the readahead policy; all sizes in bytes."""
+
+    # The unit of fetching and caching; prefetch ranges are aligned to it.
+    block_size: int = MiB
+    # Largest readahead window of one stream. 64 MiB keeps 8 parts of 8 MiB in flight: enough to fill a
+    # 1 Gbit/s link at 500 ms of latency, and a bounded waste when the reader stops.
+    max_window: int = 64 * MiB
+    # The kernel's concurrent readahead requests arrive out of order: a read this far behind a stream's end
+    # (mountpoint-s3 found 1 MiB enough) still continues it instead of starting a new stream.
+    behind_tolerance: int = MiB
+    # ...and a confirmed stream tolerates a forward jump this large (several kernel reads in flight).
+    ahead_tolerance: int = 16 * MiB
+    # In-order reads before a stream earns readahead: one adjacent read could be chance, two rarely are.
+    confirm_reads: int = 2
+    # Concurrent streams per open file: a video player reads video and audio at two offsets, some formats more.
+    max_streams: int = 8
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.max_window < 0 or self.max_streams < 1 or self.confirm_reads < 0:
+            raise ValueError("invalid readahead configuration")
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetch:
+    """Fetch bytes ``start`` to ``stop`` (block-aligned, except ``stop`` at end of file) for stream ``stream_id``."""
+
+    stream_id: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    prefetch: Prefetch | None = None
+    dropped_streams: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class _Stream:
+    stream_id: int
+    end: int
+    prefetched_until: int
+    last_used: int
+    in_order_reads: int = 0
+    window: int = 0
+
+
+@dataclass
+class PatternStatistics:
+    reads: int = 0
+    streams_created: int = 0
+    streams_dropped: int = 0
+    prefetches: int = 0
+    prefetched_bytes: int = 0
+    window_growths: int = 0
+
+
+@dataclass
+class AccessPattern:
+    """The readahead policy for one open file of ``file_size`` bytes."""
+
+    config: ReadaheadConfig
+    file_size: int
+    stats: PatternStatistics = field(default_factory=PatternStatistics)
+    _streams: list[_Stream] = field(default_factory=list)
+    _clock: int = 0
+
+    def __repr__(self) -> str:
+        streams = ", ".join(f"#{s.stream_id}@{s.end}+{s.window}" for s in self._streams)
+        return f"<AccessPattern size={self.file_size} streams=[{streams}]>"
+
+    @property
+    def stream_ids(self) -> list[int]:
+        return [stream.stream_id for stream in self._streams]
+
+    def on_read(self, offset: int, size: int) -> Decision:
+        """Record a read of ``size`` bytes at ``offset``; say what to prefetch and which streams were dropped."""
+        end = min(offset + size, self.file_size)
+        if size <= 0 or offset >= self.file_size:
+            return Decision()
+        self._clock += 1
+        self.stats.reads += 1
+        stream = self._stream_continued_by(offset)
+        if stream is None:
+            return Decision(dropped_streams=self._start_stream(end))
+        stream.last_used = self._clock
+        if offset <= stream.end + self.config.block_size:
+            stream.in_order_reads += 1
+        stream.end = max(stream.end, end)
+        stream.prefetched_until = max(stream.prefetched_until, self._block_ceiling(end))
+        return Decision(prefetch=self._prefetch_for(stream))
+
+    def _stream_continued_by(self, offset: int) -> _Stream | None:
+        best: _Stream | None = None
+        for stream in self._streams:
+            confirmed = stream.in_order_reads >= self.config.confirm_reads
+            ahead = self.config.ahead_tolerance if confirmed else self.config.block_size
+            if stream.end - self.config.behind_tolerance <= offset <= stream.end + ahead and (
+                best is None or abs(offset - stream.end) < abs(offset - best.end)
+            ):
+                best = stream
+        return best
+
+    def _start_stream(self, end: int) -> tuple[int, ...]:
+        self.stats.streams_created += 1
+        # The demand read fetches whole blocks: count them as already fetched for this stream.
+        stream = _Stream(self.stats.streams_created, end, self._block_ceiling(end), self._clock)
+        self._streams.append(stream)
+        dropped: list[int] = []
+        while len(self._streams) > self.config.max_streams:
+            oldest = min(self._streams, key=lambda candidate: candidate.last_used)
+            self._streams.remove(oldest)
+            dropped.append(oldest.stream_id)
+        self.stats.streams_dropped += len(dropped)
+        return tuple(dropped)
+
+    def _prefetch_for(self, stream: _Stream) -> Prefetch | None:
+        if stream.in_order_reads < self.config.confirm_reads or self.config.max_window == 0:
+            return None
+        if stream.window == 0:
+            stream.window = min(self.config.block_size, self.config.max_window)
+        if stream.prefetched_until - stream.end >= stream.window // 2:
+            return None  # enough is on its way
+        start = stream.prefetched_until
+        stop = min(self._block_ceiling(stream.end + stream.window), self.file_size)
+        if stop <= start:
+            return None
+        stream.prefetched_until = stop
+        if stream.window < self.config.max_window:
+            stream.window = min(stream.window * 2, self.config.max_window)
+            self.stats.window_growths += 1
+        self.stats.prefetches += 1
+        self.stats.prefetched_bytes += stop - start
+        return Prefetch(stream.stream_id, start, stop)
+
+    def _block_ceiling(self, offset: int) -> int:
+        block = self.config.block_size
+        return min(-(-offset // block) * block, self.file_size)
