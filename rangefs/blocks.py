@@ -173,6 +173,7 @@ class BlockStore:
         self, source: RangeSource, run: range, pending: dict[int, _PendingBlock], demand: bool
     ) -> None:
         wanted = run_bytes(run, self.block_size, source.size)
+        log.debug("fetch blocks %d-%d (%s)", run.start, run.stop - 1, "demand" if demand else "prefetch")
         self.stats.requests += 1
         self.stats.bytes_in_flight += wanted.length
         data: memoryview | None = None

@@ -161,6 +161,8 @@ class FileEngine:
         """Up to ``size`` bytes at ``offset`` (fewer only at end of file) of the version opened."""
         opened = self._handles[handle]
         decision = opened.pattern.on_read(offset, size)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("read %d+%d of %s: %s", offset, size, opened.file.url, decision)
         if self.prefetcher is not None:
             if decision.dropped_streams:
                 self.prefetcher.cancel(handle, decision.dropped_streams)

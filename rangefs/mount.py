@@ -31,6 +31,8 @@ from rangefs.remote import RemoteClient
 
 log = logging.getLogger(__name__)
 
+# Seconds the freshly mounted filesystem may take to answer its first request.
+_SERVING_TIMEOUT = 30.0
 _BASE_OPTIONS = frozenset({"fsname=rangefs", "subtype=rangefs", "ro", "default_permissions"})
 
 
@@ -90,7 +92,11 @@ async def serve(
             part_size=settings.prefetch_part_size,
             nursery=nursery,
         )
-        readahead = ReadaheadConfig(block_size=settings.block_size, max_window=settings.max_readahead)
+        readahead = ReadaheadConfig(
+            block_size=settings.block_size,
+            max_window=settings.max_readahead,
+            request_size=settings.prefetch_part_size - settings.prefetch_part_size % settings.block_size,
+        )
         engine = FileEngine(
             entries,
             client,
@@ -109,15 +115,32 @@ async def serve(
         except RuntimeError as error:
             raise MountError(f"cannot mount on {mountpoint}: {error} (see the log for libfuse's reason)") from None
         try:
-            applied = kernel.tune(mountpoint, readahead_bytes=settings.kernel_readahead, max_background=64)
-            nursery.start_soon(_terminate_on_signals)
-            log.info("mounted %d files on %s (kernel: %s)", len(entries), mountpoint, applied or "defaults")
-            task_status.started()
-            await pyfuse3.main()
+            async with trio.open_nursery() as fuse_nursery:
+                fuse_nursery.start_soon(_serve_requests, fuse_nursery.cancel_scope)
+                fuse_nursery.start_soon(_terminate_on_signals)
+                await _wait_until_serving(mountpoint)
+                # Only now: the kernel's INIT exchange clamps read_ahead_kb to what libfuse negotiated.
+                applied = kernel.tune(mountpoint, readahead_bytes=settings.kernel_readahead, max_background=64)
+                log.info("mounted %d files on %s (kernel: %s)", len(entries), mountpoint, applied or "defaults")
+                task_status.started()
         finally:
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()
             log.info("unmounted %s", mountpoint)
+
+
+async def _serve_requests(done: trio.CancelScope) -> None:
+    await pyfuse3.main()
+    done.cancel()  # unmounted or terminated: stop waiting for signals
+
+
+async def _wait_until_serving(mountpoint: Path) -> None:
+    """Return once the kernel has finished FUSE's INIT and our loop answers requests."""
+    try:
+        with trio.fail_after(_SERVING_TIMEOUT):
+            await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    except trio.TooSlowError:
+        raise MountError(f"{mountpoint} was mounted but did not answer within {_SERVING_TIMEOUT:.0f} s") from None
 
 
 async def _terminate_on_signals() -> None:

@@ -23,7 +23,11 @@ _WRITE_SLICE = 1024 * 1024
 
 def pattern_bytes(size: int, seed: int = 0) -> bytes:
     """Deterministic content: the same (size, seed) always gives the same bytes."""
-    return random.Random(seed).randbytes(size)
+    piece = 64 * 1024 * 1024  # randbytes() is limited to 2**31 bits per call
+    return b"".join(
+        random.Random(seed * 1_000_003 + number).randbytes(min(piece, size - start))
+        for number, start in enumerate(range(0, size, piece))
+    )
 
 
 @dataclass

@@ -10,9 +10,10 @@ it has earned (its *window*) and how far it has already been prefetched.
   continues it: the kernel may have several reads in flight and answer order is not request order.
 - Any other read starts a new stream. A stream that is not confirmed earns no readahead, so a reader that
   jumps around (a zip listing, SQLite pages, a video seek) fetches only the blocks it reads.
-- After ``confirm_reads`` in-order reads the stream prefetches its window ahead of its end. The window starts
-  at one block and doubles each time a prefetch is issued, up to ``max_window``; a new prefetch is issued only
-  when less than half a window remains ahead, so prefetches come in few, large pieces.
+- After ``confirm_reads`` in-order reads the stream keeps its window prefetched ahead of its end. The window
+  starts at one block and doubles each time a prefetch is issued, up to ``max_window``. Prefetches are whole
+  multiples of ``request_size`` (while the window is smaller than that, whatever it allows), so a streaming
+  reader causes a steady series of equal, large requests rather than a tail of small ones.
 - At most ``max_streams`` streams are kept per file; the least recently used is dropped and reported, so the
   prefetcher can cancel what it was fetching for it.
 """
@@ -38,6 +39,8 @@ class ReadaheadConfig:
     behind_tolerance: int = MiB
     # ...and a confirmed stream tolerates a forward jump this large (several kernel reads in flight).
     ahead_tolerance: int = 16 * MiB
+    # Prefetches come in multiples of this (one request each, fetched in parallel); see MountSettings.
+    request_size: int = 8 * MiB
     # In-order reads before a stream earns readahead: one adjacent read could be chance, two rarely are.
     confirm_reads: int = 2
     # Concurrent streams per open file: a video player reads video and audio at two offsets, some formats more.
@@ -45,6 +48,8 @@ class ReadaheadConfig:
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.max_window < 0 or self.max_streams < 1 or self.confirm_reads < 0:
+            raise ValueError("invalid readahead configuration")
+        if self.request_size < self.block_size or self.request_size % self.block_size:
             raise ValueError("invalid readahead configuration")
 
 
@@ -147,12 +152,18 @@ class AccessPattern:
             return None
         if stream.window == 0:
             stream.window = min(self.config.block_size, self.config.max_window)
-        if stream.prefetched_until - stream.end >= stream.window // 2:
-            return None  # enough is on its way
         start = stream.prefetched_until
-        stop = min(self._block_ceiling(stream.end + stream.window), self.file_size)
-        if stop <= start:
+        target = min(self._block_ceiling(stream.end + stream.window), self.file_size)
+        gap = target - start
+        if gap <= 0:
             return None
+        unit = self.config.request_size
+        if gap >= unit and target < self.file_size:
+            stop = start + gap // unit * unit
+        elif gap >= min(unit, stream.window // 2) or target == self.file_size:
+            stop = target
+        else:
+            return None  # wait until a whole request's worth is missing
         stream.prefetched_until = stop
         if stream.window < self.config.max_window:
             stream.window = min(stream.window * 2, self.config.max_window)
