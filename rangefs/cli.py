@@ -8,6 +8,7 @@ returns only once the child reports the mount live (exit 0) or reports why it co
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import select
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging_options(mount)
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
+    stats = commands.add_parser("stats", help="show a mount's live statistics")
+    stats.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    stats.add_argument("--json", action="store_true", help="print the raw JSON")
+
     umount = commands.add_parser("umount", help="unmount a rangefs mount")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     umount.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
@@ -86,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "mount":
             return _mount(args)
+        if args.command == "stats":
+            return _stats(args)
         return _umount(args)
     except (UsageError, BaseExceptionGroup) as raised:
         error = _sole_exception(raised)
@@ -236,6 +243,25 @@ def _read_report(read_fd: int, child: subprocess.Popen[bytes]) -> str:
             return f"it exited with code {code}"
         received += chunk
     return received.decode(errors="replace").strip()
+
+
+def _stats(args: argparse.Namespace) -> int:
+    try:
+        raw = os.getxattr(args.mountpoint, "user.rangefs.stats")
+    except OSError as error:
+        raise UsageError(f"{args.mountpoint} is not a running rangefs mount ({error.strerror})") from None
+    stats = json.loads(raw)
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    for section, values in stats.items():
+        if isinstance(values, dict):
+            print(f"{section}:")
+            for key, value in values.items():
+                print(f"  {key:<20} {value:>16,}" if isinstance(value, int) else f"  {key:<20} {value!s:>16}")
+        else:
+            print(f"{section:<22} {values:>16,}")
+    return 0
 
 
 def _umount(args: argparse.Namespace) -> int:

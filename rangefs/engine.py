@@ -10,6 +10,7 @@ bytes of that version or an error, never a mix of two versions.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -180,5 +181,20 @@ class FileEngine:
         if self.prefetcher is not None:
             self.prefetcher.cancel(handle)
 
-    def url_of(self, handle: int) -> str:
-        return self._handles[handle].file.url
+    def statistics(self) -> dict[str, object]:
+        """Everything countable about the engine and the parts below it, as plain data."""
+        parts: dict[str, object] = {
+            "files": len(self.files),
+            "files_failed": sum(file.failure is not None for file in self.files),
+            "open_handles": len(self._handles),
+            "blocks": dataclasses.asdict(self.store.statistics()),
+            "cache": dataclasses.asdict(self.store.cache.statistics()),
+            "http": dataclasses.asdict(self.client.statistics()),
+        }
+        if self.prefetcher is not None:
+            parts["prefetch"] = {
+                **dataclasses.asdict(self.prefetcher.statistics()),
+                "budget_in_use": self.prefetcher.budget.in_use,
+                "budget_limit": self.prefetcher.budget.limit,
+            }
+        return parts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import stat
@@ -31,6 +32,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _XATTR_PREFIX = b"user.rangefs."
+# Live statistics of the whole mount, as JSON, on the root directory (read by ``rangefs stats``).
+STATS_XATTR = b"user.rangefs.stats"
 
 
 def _errno_boundary(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -224,6 +227,8 @@ class RangefsOperations(pyfuse3.Operations):
         return [pyfuse3.XAttrNameT(name) for name in await self._xattrs(self._node(inode))]
 
     async def _xattrs(self, node: Node) -> dict[bytes, bytes]:
+        if node is self.namespace.root:
+            return {STATS_XATTR: json.dumps(self.engine.statistics(), sort_keys=True).encode()}
         if not isinstance(node, FileNode):
             return {}
         file = await self.engine.metadata(node.file_index)

@@ -11,6 +11,7 @@ import hashlib
 import random
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Origin:
     port: int = 0
     in_flight: int = 0
     max_in_flight: int = 0  # most requests being answered at the same moment
+    connection_rate: int | None = None  # bytes per second per connection (a throttling origin)
 
     def add(self, path: str, data: bytes, *, etag: bool = True, last_modified: bool = True) -> str:
         """Serve ``data`` at ``path`` (replacing what was there, with a new validator); returns the URL."""
@@ -139,6 +141,8 @@ class OriginHandler(BaseHTTPRequestHandler):
                 self.send_simple(404, b"not found\n")
                 return
             self.send_file(served, send_body=send_body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away (a cancelled fetch): nothing to answer
         finally:
             with origin.lock:
                 origin.in_flight -= 1
@@ -185,10 +189,15 @@ class OriginHandler(BaseHTTPRequestHandler):
             self.write_body(memoryview(data)[start:stop])
 
     def write_body(self, body: memoryview) -> None:
-        for offset in range(0, len(body), _WRITE_SLICE):
-            piece = body[offset : offset + _WRITE_SLICE]
+        rate = self.server.origin.connection_rate
+        step = _WRITE_SLICE if rate is None else max(4096, rate // 50)  # throttled: 50 writes a second
+        started = time.monotonic()
+        for offset in range(0, len(body), step):
+            piece = body[offset : offset + step]
             self.wfile.write(piece)
             self.record.bytes_sent += len(piece)
+            if rate is not None:
+                time.sleep(max(0.0, started + (offset + len(piece)) / rate - time.monotonic()))
 
 
 def _parse_range(value: str, size: int) -> tuple[int, int] | None:

@@ -33,9 +33,7 @@ class PrefetcherStatistics:
 
 
 class Prefetcher:
-    def __init__(
-        self, store: BlockStore, *, max_inflight_bytes: int, part_size: int, nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, store: BlockStore, *, max_inflight_bytes: int, part_size: int, nursery: trio.Nursery) -> None:
         self.store = store
         self.budget = ByteBudget(max_inflight_bytes)
         self._blocks_per_part = max(1, part_size // store.block_size)
