@@ -21,6 +21,7 @@ from pathlib import Path
 import trio
 
 from rangefs import __version__
+from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings, default_cache_dir, parse_size, read_urls_file
 from rangefs.config.settings import default_log_file
 from rangefs.errors import MountError, UsageError
@@ -42,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("-f", "--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
     mount.add_argument("--cache-dir", type=Path, help=f"block cache directory (default: {default_cache_dir()})")
     mount.add_argument("--block-size", default="1M", help="cache block and minimum request size (default: 1M)")
+    mount.add_argument(
+        "--cache-size", default="10G", help="hard limit on the cache directory; 0 for no limit (default: 10G)"
+    )
+    mount.add_argument(
+        "--metadata-ttl",
+        type=float,
+        default=300.0,
+        help="seconds before an open revalidates a file's size and version (default: 300)",
+    )
     mount.add_argument(
         "--connections", type=int, default=8, help="parallel connections per host for readahead (default: 8)"
     )
@@ -72,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     stats.add_argument("--json", action="store_true", help="print the raw JSON")
 
+    cache = commands.add_parser("cache", help="inspect and manage the block cache (safe while mounted)")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    info = cache_commands.add_parser("info", help="size, limit and cached bytes per URL")
+    clear = cache_commands.add_parser("clear", help="delete cached blocks of the given URLs, or of all")
+    clear.add_argument("urls", nargs="*", metavar="URL")
+    prune = cache_commands.add_parser("prune", help="evict least recently used blocks down to a size")
+    prune.add_argument("--max-size", required=True, help="size to prune down to, e.g. 2G")
+    for action in (info, clear, prune):
+        action.add_argument("--cache-dir", type=Path, help=f"cache directory (default: {default_cache_dir()})")
+
     umount = commands.add_parser("umount", help="unmount a rangefs mount")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     umount.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
@@ -93,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _mount(args)
         if args.command == "stats":
             return _stats(args)
+        if args.command == "cache":
+            return _cache(args)
         return _umount(args)
     except (UsageError, BaseExceptionGroup) as raised:
         error = _sole_exception(raised)
@@ -137,6 +159,8 @@ def _settings(args: argparse.Namespace) -> MountSettings:
         max_readahead=parse_size(args.max_readahead),
         max_inflight=parse_size(args.max_inflight),
         kernel_readahead=kernel_readahead or None,
+        cache_size=parse_size(args.cache_size) or None,
+        metadata_ttl=args.metadata_ttl,
         fuse_options=options,
     )
 
@@ -189,6 +213,7 @@ def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
     argv += ["--foreground", "--ready-fd", str(ready_fd), "--block-size", args.block_size]
     argv += ["--connections", str(args.connections), "--max-readahead", args.max_readahead]
     argv += ["--max-inflight", args.max_inflight, "--kernel-readahead", args.kernel_readahead]
+    argv += ["--cache-size", args.cache_size, "--metadata-ttl", str(args.metadata_ttl)]
     argv += ["--cache-dir", str((args.cache_dir or default_cache_dir()).absolute())]
     for group in args.fuse_options:
         argv += ["-o", group]
@@ -262,6 +287,46 @@ def _stats(args: argparse.Namespace) -> int:
         else:
             print(f"{section:<22} {values:>16,}")
     return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    cache = BlockCache((args.cache_dir or default_cache_dir()).absolute())
+    if not cache.root.is_dir():
+        raise UsageError(f"no cache at {cache.root}")
+    problem = cache.open()
+    if problem:
+        raise UsageError(problem)
+    try:
+        if args.cache_command == "info":
+            limit = cache.last_limit()
+            print(f"cache directory  {cache.root}")
+            print(f"size             {_human(cache.usage())}")
+            print(f"limit            {_human(limit) if limit else 'none'}")
+            for usage in cache.objects():
+                print(f"{_human(usage.bytes):>10}  {usage.blocks:>7} blocks  {usage.description.get('url', '?')}")
+        elif args.cache_command == "clear":
+            wanted = set(args.urls)
+            dropped = sum(
+                cache.drop_object(usage.object_id)
+                for usage in cache.objects()
+                if not wanted or usage.description.get("url") in wanted
+            )
+            print(f"deleted {dropped} blocks; cache size now {_human(cache.usage())}")
+        else:
+            evicted = cache.prune(parse_size(args.max_size))
+            print(f"evicted {evicted} blocks; cache size now {_human(cache.usage())}")
+    finally:
+        cache.close()
+    return 0
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{value:.1f} TiB"
 
 
 def _umount(args: argparse.Namespace) -> int:

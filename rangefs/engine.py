@@ -4,6 +4,10 @@ Each entry of the urls file becomes a RemoteFile. Its metadata is probed in the 
 starts (bounded concurrency), and whoever needs it (getattr, open) waits for that probe. A file whose probe
 failed is probed again on open, so a host that comes back is picked up without a remount.
 
+Probe results are stored with the cache (``records``): a remount trusts those younger than ``metadata_ttl``
+and sends no request for them, and an open revalidates a file whose result is older. When a probe finds a
+new version, the blocks of the old one are dropped and the kernel is told to forget what it cached.
+
 An open handle pins the version (size and validator) it was opened with: every read through it is either
 bytes of that version or an error, never a mix of two versions.
 """
@@ -11,8 +15,11 @@ bytes of that version or an error, never a mix of two versions.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +27,7 @@ import trio
 
 from rangefs.blocks import BlockStore
 from rangefs.config import Entry
-from rangefs.errors import RemoteChanged, RemoteError
+from rangefs.errors import RemoteChanged, RemoteError, RemoteUnreachable
 from rangefs.ranges import ByteRange
 from rangefs.readahead import AccessPattern, ReadaheadConfig
 from rangefs.readahead.prefetcher import Prefetcher
@@ -56,6 +63,7 @@ class RemoteFile:
         self.metadata: RemoteMetadata | None = None
         self.failure: RemoteError | None = None
         self.stale = False  # a read saw the file change: probe again before the next open
+        self.probed_at = 0.0  # wall-clock time of the probe that produced ``metadata``
         self._probed = trio.Event()
         self._probing = False
 
@@ -66,6 +74,12 @@ class RemoteFile:
     @property
     def url(self) -> str:
         return self.entry.url
+
+    @property
+    def record_key(self) -> str:
+        """Key of this entry's stored probe result: the headers can change what the server answers."""
+        identity = json.dumps([self.entry.url, self.entry.headers])
+        return "probe:" + hashlib.sha256(identity.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,7 @@ class FileEngine:
         prefetcher: Prefetcher | None = None,
         readahead: ReadaheadConfig | None = None,
         probe_concurrency: int = 32,
+        metadata_ttl: float = 300.0,
         on_metadata_changed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.files = [RemoteFile(entry, index) for index, entry in enumerate(entries)]
@@ -95,6 +110,7 @@ class FileEngine:
         self.prefetcher = prefetcher
         self.readahead = readahead or ReadaheadConfig(block_size=store.block_size)
         self._probe_limiter = trio.CapacityLimiter(probe_concurrency)
+        self.metadata_ttl = metadata_ttl
         self.on_metadata_changed = on_metadata_changed
         self._handles: dict[int, OpenFile] = {}
         self._handle_numbers = itertools.count(1)
@@ -103,10 +119,33 @@ class FileEngine:
         return f"<FileEngine {len(self.files)} files, {len(self._handles)} open>"
 
     async def run_probes(self) -> None:
-        """Probe every file once, concurrently; returns when all probes ended (successfully or not)."""
+        """Give every file its metadata: from a fresh stored probe result, else by probing (concurrently)."""
+        self._load_stored_probes()
         async with trio.open_nursery() as nursery:
             for file in self.files:
+                if file._probed.is_set():
+                    continue
                 nursery.start_soon(self._probe, file)
+
+    def _load_stored_probes(self) -> None:
+        records = self.store.cache.get_records([file.record_key for file in self.files])
+        now = time.time()
+        for file in self.files:
+            record = records.get(file.record_key)
+            if record is None:
+                continue
+            value, stored_at = record
+            try:
+                file.metadata = RemoteMetadata(**json.loads(value))
+            except (TypeError, ValueError):
+                continue
+            file.probed_at = stored_at
+            if now - stored_at < self.metadata_ttl:
+                file._probed.set()  # fresh: no request at all
+
+    def _needs_probe(self, file: RemoteFile) -> bool:
+        expired = time.time() - file.probed_at >= self.metadata_ttl
+        return file.failure is not None or file.stale or expired
 
     async def metadata(self, file_index: int) -> RemoteFile:
         """The file, once its first probe has ended (its ``metadata`` is None if that probe failed)."""
@@ -127,17 +166,28 @@ class FileEngine:
             expected = file.entry.expected_size
             if expected is not None and metadata.size != expected:
                 raise RemoteChanged(file.url, f"size is {metadata.size} bytes, the urls file says {expected}")
-            file.metadata, file.failure, file.stale = metadata, None, False
+            file.metadata, file.failure, file.stale, file.probed_at = metadata, None, False, time.time()
+            self.store.cache.put_record(file.record_key, json.dumps(dataclasses.asdict(metadata)))
+        except RemoteUnreachable as error:
+            if previous is not None and not file.stale:
+                # Offline: the version we know stays readable from the cache; revalidate on a later open.
+                log.warning("cannot revalidate %s (%s); using what is known of it", file.url, error.cause)
+            else:
+                log.warning("cannot probe %s: %s", file.url, error.cause)
+                file.metadata, file.failure = None, error
         except RemoteError as error:
             log.warning("cannot probe %s: %s", file.url, error.cause)
-            file.failure = error
+            file.metadata, file.failure = None, error
         finally:
             file._probing = False
             done.set()
         # The kernel may hold attributes or pages of what it saw before: a size-0 placeholder for a failed
         # probe, or another version. (A first successful probe needs nothing: the kernel saw nothing yet.)
         if previous is not None:
-            changed = file.metadata is not None and not previous.same_version(file.metadata)
+            changed = file.metadata is None or not previous.same_version(file.metadata)
+            if changed:
+                dropped = self.store.cache.drop_object(previous.object_id)
+                log.info("%s changed on the server; dropped %d cached blocks of the old version", file.url, dropped)
         else:
             changed = previously_failed and file.metadata is not None
         if changed and self.on_metadata_changed is not None:
@@ -146,7 +196,7 @@ class FileEngine:
     async def open(self, file_index: int) -> int:
         """A handle for reading the file; probes again first if the last probe failed or the file changed."""
         file = await self.metadata(file_index)
-        if file.failure is not None or file.stale:
+        if self._needs_probe(file):
             if not file._probing:
                 file._probed = trio.Event()
             await self._probe(file)

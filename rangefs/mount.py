@@ -70,10 +70,23 @@ async def serve(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount, serve until unmounted or signalled, unmount."""
-    cache = BlockCache(settings.cache_dir)
-    problem = cache.check_writable()
+    cache = BlockCache(settings.cache_dir, size_limit=settings.cache_size)
+    problem = cache.open()
     if problem:
         log.warning("%s", problem)
+    try:
+        await _serve_with_cache(entries, mountpoint, settings, cache, task_status)
+    finally:
+        cache.close()
+
+
+async def _serve_with_cache(
+    entries: Sequence[Entry],
+    mountpoint: Path,
+    settings: MountSettings,
+    cache: BlockCache,
+    task_status: trio.TaskStatus[None],
+) -> None:
     async with (
         RemoteClient(
             connect_timeout=settings.connect_timeout,
@@ -104,6 +117,7 @@ async def serve(
             prefetcher=prefetcher,
             readahead=readahead,
             probe_concurrency=settings.probe_concurrency,
+            metadata_ttl=settings.metadata_ttl,
         )
         operations = RangefsOperations(
             Namespace(entries), engine, attr_timeout=settings.attr_timeout, block_size=settings.block_size

@@ -49,7 +49,8 @@ def test_changed_remote_file_is_not_served_from_old_blocks(
     first.unmount()
 
     origin.add("/changing.bin", new)  # same size, new ETag and Last-Modified
-    second = mount_factory([url], cache_dir=cache_dir)
+    # A zero metadata TTL makes the open revalidate (by default a fresh probe result is trusted for 300 s).
+    second = mount_factory([url], "--metadata-ttl", "0", cache_dir=cache_dir)
     assert _read(second.path / "changing.bin", 0, 2 * MiB) == new
 
 

@@ -71,6 +71,12 @@ class MountSettings:
     # Seconds the kernel may cache attributes and directory entries (nothing changes them but a revalidation,
     # which invalidates explicitly).
     attr_timeout: float = 300.0
+    # Hard limit on the block cache directory (shared by every mount using it). 10 GiB holds the working set
+    # of a few large archives or videos and suits a laptop disk; a block past it evicts the least recently used.
+    cache_size: int | None = 10 * GiB
+    # Seconds a probe result (size, ETag, Last-Modified) is trusted before an open revalidates it. Within it a
+    # remount sends no request at all; 5 minutes is what rclone uses for its directory cache.
+    metadata_ttl: float = 300.0
     fuse_options: frozenset[str] = frozenset()
     user_agent: str = "rangefs"
 

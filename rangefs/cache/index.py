@@ -1,0 +1,229 @@
+"""CacheIndex: which blocks are on disk, how much space they take and when each was last used.
+
+A SQLite database in the cache directory, shared by every process that uses the directory (WAL mode;
+every change is one short ``BEGIN IMMEDIATE`` transaction), so the size limit holds for the directory as a
+whole even with two mounts on it. A single-row ``usage`` counter changes in the same transaction as the
+block rows, so the total is never recomputed on the read or write path.
+
+Writing a block file happens *before* its row is added and deleting a row *before* its file is unlinked:
+after a crash the index can only lack files that exist (found and adopted by ``reconcile``) or list files
+that are gone (dropped by it); it never hides bytes from the limit for longer than one startup.
+
+Last-use times of cache hits are buffered in memory and written in batches (every ``_TOUCH_INTERVAL``
+seconds), so a hit costs no database write. Besides blocks, the index keeps small opaque *records* (the
+engine stores probe results there) and a description of each object (its URL), for ``rangefs cache info``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+BlockKey = tuple[str, int]  # (object id, block index)
+
+# Seconds between batched writes of last-use times: LRU order is exact to within this.
+_TOUCH_INTERVAL = 2.0
+# Seconds a process waits for another one's transaction (they last microseconds; a stuck one is a bug).
+_BUSY_TIMEOUT = 10.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    object_id TEXT NOT NULL, idx INTEGER NOT NULL, size INTEGER NOT NULL, last_used REAL NOT NULL,
+    PRIMARY KEY (object_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_last_use ON blocks (last_used);
+CREATE TABLE IF NOT EXISTS usage (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
+INSERT OR IGNORE INTO usage VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS objects (object_id TEXT PRIMARY KEY, description TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value TEXT NOT NULL, stored_at REAL NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class ObjectUsage:
+    object_id: str
+    description: dict[str, object]
+    blocks: int
+    bytes: int
+
+
+class CacheIndex:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a crash of the process loses nothing; a power cut may lose the last transactions, which
+        # reconcile() repairs from the files on disk.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._touched: dict[BlockKey, float] = {}
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush_touches()
+        self._db.close()
+
+    def _transaction(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def usage(self) -> int:
+        return int(self._db.execute("SELECT bytes FROM usage").fetchone()[0])
+
+    def add_block(self, key: BlockKey, size: int, limit: int | None) -> list[BlockKey]:
+        """Record a block written to disk; returns the least recently used blocks to delete to stay in limit."""
+        db = self._transaction()
+        try:
+            old = db.execute("SELECT size FROM blocks WHERE object_id=? AND idx=?", key).fetchone()
+            db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", (*key, size, self._clock()))
+            db.execute("UPDATE usage SET bytes = bytes + ?", (size - (old[0] if old else 0),))
+            evicted = self._evict(db, limit, keep=key) if limit is not None else []
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return evicted
+
+    def _evict(self, db: sqlite3.Connection, limit: int, keep: BlockKey | None) -> list[BlockKey]:
+        excess = int(db.execute("SELECT bytes FROM usage").fetchone()[0]) - limit
+        evicted: list[BlockKey] = []
+        if excess <= 0:
+            return evicted
+        self._flush_touches(db)  # evict by true recency, including hits not yet written
+        freed = 0
+        for object_id, index, size in db.execute(
+            "SELECT object_id, idx, size FROM blocks ORDER BY last_used"
+        ).fetchall():
+            if freed >= excess:
+                break
+            if (object_id, index) == keep:
+                continue
+            evicted.append((object_id, index))
+            freed += size
+        db.executemany("DELETE FROM blocks WHERE object_id=? AND idx=?", evicted)
+        db.execute("UPDATE usage SET bytes = bytes - ?", (freed,))
+        return evicted
+
+    def evict_to(self, limit: int) -> list[BlockKey]:
+        """Drop least recently used blocks until at most ``limit`` bytes remain (``cache prune``)."""
+        db = self._transaction()
+        try:
+            evicted = self._evict(db, limit, keep=None)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return evicted
+
+    def remove_blocks(self, keys: Iterable[BlockKey]) -> None:
+        """Forget blocks whose files were, or are about to be, deleted."""
+        keys = list(keys)
+        if not keys:
+            return
+        db = self._transaction()
+        try:
+            freed = 0
+            for key in keys:
+                row = db.execute("DELETE FROM blocks WHERE object_id=? AND idx=? RETURNING size", key).fetchone()
+                freed += row[0] if row else 0
+            db.execute("UPDATE usage SET bytes = bytes - ?", (freed,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def blocks_of(self, object_id: str) -> list[BlockKey]:
+        rows = self._db.execute("SELECT idx FROM blocks WHERE object_id=?", (object_id,)).fetchall()
+        return [(object_id, row[0]) for row in rows]
+
+    def touch(self, key: BlockKey) -> None:
+        """Note a cache hit; written to the database in the next batch."""
+        self._touched[key] = self._clock()
+        if time.monotonic() - self._last_flush > _TOUCH_INTERVAL:
+            self.flush_touches()
+
+    def flush_touches(self) -> None:
+        if not self._touched:
+            self._last_flush = time.monotonic()
+            return
+        db = self._transaction()
+        try:
+            self._flush_touches(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _flush_touches(self, db: sqlite3.Connection) -> None:
+        db.executemany(
+            "UPDATE blocks SET last_used=max(last_used, ?) WHERE object_id=? AND idx=?",
+            [(when, *key) for key, when in self._touched.items()],
+        )
+        self._touched.clear()
+        self._last_flush = time.monotonic()
+
+    def reconcile(self, on_disk: dict[BlockKey, tuple[int, float]], limit: int | None) -> list[BlockKey]:
+        """Make the index match the block files found on disk ((size, mtime) each); returns blocks to evict."""
+        db = self._transaction()
+        try:
+            indexed = {(o, i): s for o, i, s in db.execute("SELECT object_id, idx, size FROM blocks")}
+            gone = [key for key in indexed if key not in on_disk]
+            db.executemany("DELETE FROM blocks WHERE object_id=? AND idx=?", gone)
+            db.executemany(
+                "INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?)",
+                [(*key, size, mtime) for key, (size, mtime) in on_disk.items() if key not in indexed],
+            )
+            db.execute("UPDATE usage SET bytes = (SELECT coalesce(sum(size), 0) FROM blocks)")
+            db.execute("DELETE FROM objects WHERE object_id NOT IN (SELECT DISTINCT object_id FROM blocks)")
+            evicted = self._evict(db, limit, keep=None) if limit is not None else []
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return evicted
+
+    def describe(self, object_id: str, description: dict[str, object]) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO objects VALUES (?, ?)", (object_id, json.dumps(description, sort_keys=True))
+        )
+
+    def forget_object(self, object_id: str) -> None:
+        self._db.execute("DELETE FROM objects WHERE object_id=?", (object_id,))
+
+    def objects(self) -> list[ObjectUsage]:
+        rows = self._db.execute(
+            "SELECT b.object_id, o.description, count(*), sum(b.size) FROM blocks b"
+            " LEFT JOIN objects o ON o.object_id = b.object_id GROUP BY b.object_id ORDER BY 4 DESC"
+        ).fetchall()
+        return [ObjectUsage(row[0], json.loads(row[1] or "{}"), row[2], row[3]) for row in rows]
+
+    def put_record(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", (key, value, self._clock()))
+
+    def get_records(self, keys: list[str]) -> dict[str, tuple[str, float]]:
+        """Stored (value, stored_at) for the keys that have a record."""
+        found: dict[str, tuple[str, float]] = {}
+        for start in range(0, len(keys), 500):  # SQLite limits the number of bound parameters
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, value, stored_at in self._db.execute(
+                f"SELECT key, value, stored_at FROM records WHERE key IN ({marks})", chunk
+            ):
+                found[key] = (value, stored_at)
+        return found
+
+    def delete_records(self, keys: Iterable[str]) -> None:
+        self._db.executemany("DELETE FROM records WHERE key=?", [(key,) for key in keys])
+
+    def set_setting(self, name: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
+
+    def setting(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE name=?", (name,)).fetchone()
+        return None if row is None else str(row[0])
