@@ -1,7 +1,10 @@
 """BlockStore: every byte comes from the disk cache or from exactly one fetch per block.
 
 A read is cut into blocks. Each block is served from the cache, or joins the fetch already in flight for it,
-or is fetched; adjacent missing blocks of one read share a single range request. Fetches run in the service
+or is fetched; adjacent missing blocks of one read share a single range request.
+A source whose server ignores ranges (``streams_whole``) is instead streamed once, in order, from its first
+missing block's start of file: every block not yet cached is registered as in flight at once, and each is
+completed as the stream passes it, so readers anywhere in the file wait for the one stream. Fetches run in the service
 nursery, not in the reader's task, so a reader that gives up (Ctrl-C, a cancelled FUSE request) does not abort
 a fetch that other readers wait for. Fetched blocks go to the cache before their waiters wake.
 """
@@ -9,14 +12,16 @@ a fetch that other readers wait for. Fetched blocks go to the cache before their
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
 from rangefs.cache import BlockCache
-from rangefs.errors import RangefsError
-from rangefs.ranges import ByteRange, block_range, blocks_covering, clamp_read, run_bytes, runs
+from rangefs.errors import InvalidResponse, RangefsError
+from rangefs.ranges import ByteRange, block_count, block_range, blocks_covering, clamp_read, run_bytes, runs
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +38,15 @@ class RangeSource(Protocol):
     @property
     def size(self) -> int: ...
 
+    @property
+    def streams_whole(self) -> bool:
+        """True when ranges cannot be fetched and the file has to be read as one stream."""
+
     def describe(self) -> dict[str, object]: ...
 
     async def fetch(self, wanted: ByteRange, *, demand: bool) -> bytearray: ...
+
+    def stream(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
 
 
 class FetchAborted(RangefsError):
@@ -74,6 +85,7 @@ class BlockStore:
         self._blocks_per_request = max(1, max_request_size // block_size)
         self._nursery = nursery
         self._in_flight: dict[tuple[str, int], _PendingBlock] = {}
+        self._streaming: set[str] = set()  # object ids being streamed whole
         self.stats = StoreStatistics()
 
     def __repr__(self) -> str:
@@ -118,6 +130,8 @@ class BlockStore:
             else:
                 missing.append(index)
                 pieces.append(None)
+        if missing and source.streams_whole:
+            self._start_stream(source)  # registers every missing block, these included
         started = iter(self.start_fetches(source, missing, demand=True).values())
         ready = [next(started) if piece is None else piece for piece in pieces]
         result = [await self._wait(piece, lo, hi) for piece, (lo, hi) in zip(ready, slices, strict=True)]
@@ -145,12 +159,62 @@ class BlockStore:
         """Fetch the given blocks (sorted) into the cache in this task, skipping cached and in-flight ones.
 
         For prefetching: cancelling the caller cancels the fetch, and readers that joined it fetch again."""
+        if source.streams_whole:
+            return  # the stream brings every block anyway
         for planned in runs(indices, self._blocks_per_request):
             # Checked again per run: while an earlier run was fetched, others may have taken some blocks.
             fresh = [i for i in planned if not self.is_cached_or_in_flight(source, i)]
             for run in runs(fresh, self._blocks_per_request):
                 pending = {index: self._register(source, index) for index in run}
                 await self._fetch_run(source, run, pending, False)
+
+    def _start_stream(self, source: RangeSource) -> None:
+        if source.object_id in self._streaming:
+            return
+        pending = {
+            index: self._register(source, index)
+            for index in range(block_count(source.size, self.block_size))
+            if not self.is_cached_or_in_flight(source, index)
+        }
+        self._streaming.add(source.object_id)
+        self._nursery.start_soon(self._run_stream, source, pending)
+
+    async def _run_stream(self, source: RangeSource, pending: dict[int, _PendingBlock]) -> None:
+        """Read the whole file once, completing each registered block as the stream passes it."""
+        total = block_count(source.size, self.block_size)
+        buffer = bytearray()
+        index = 0
+        error: BaseException = FetchAborted("stream of the whole file was cancelled")
+        self.stats.requests += 1
+        try:
+            async with source.stream() as chunks:
+                async for chunk in chunks:
+                    buffer += chunk
+                    self.stats.bytes_fetched += len(chunk)
+                    while index < total and len(buffer) >= block_range(index, self.block_size, source.size).length:
+                        length = block_range(index, self.block_size, source.size).length
+                        if index in pending:
+                            self._complete(
+                                source, range(index, index + 1), pending, memoryview(bytes(buffer[:length])), error
+                            )
+                            del pending[index]
+                        del buffer[:length]
+                        index += 1
+            if index < total or buffer:
+                url = str(source.describe().get("url", "?"))
+                raise InvalidResponse(
+                    url, f"stream of the whole file ended at block {index} of {total}", transient=True
+                )
+        except RangefsError as failure:
+            error = failure
+            self.stats.fetch_errors += 1
+        except Exception as failure:
+            log.exception("unexpected error streaming %s", source.describe())
+            error = failure
+        finally:
+            self._streaming.discard(source.object_id)
+            for left in sorted(pending):
+                self._complete(source, range(left, left + 1), pending, None, error)
 
     def _register(self, source: RangeSource, index: int) -> _PendingBlock:
         pending = _PendingBlock()

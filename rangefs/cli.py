@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--cache-dir", type=Path, help=f"block cache directory (default: {default_cache_dir()})")
     mount.add_argument("--block-size", default="1M", help="cache block and minimum request size (default: 1M)")
     mount.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds a read may take in all, retries included, before it fails with EIO (default: 60)",
+    )
+    mount.add_argument("--ca-bundle", type=Path, help="verify TLS servers against this CA bundle (PEM)")
+    mount.add_argument("--http2", action="store_true", help="use HTTP/2 where servers offer it")
+    mount.add_argument(
         "--cache-size", default="10G", help="hard limit on the cache directory; 0 for no limit (default: 10G)"
     )
     mount.add_argument(
@@ -160,6 +168,9 @@ def _settings(args: argparse.Namespace) -> MountSettings:
         max_inflight=parse_size(args.max_inflight),
         kernel_readahead=kernel_readahead or None,
         cache_size=parse_size(args.cache_size) or None,
+        timeout=args.timeout,
+        ca_bundle=args.ca_bundle.absolute() if args.ca_bundle else None,
+        http2=args.http2,
         metadata_ttl=args.metadata_ttl,
         fuse_options=options,
     )
@@ -213,7 +224,11 @@ def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
     argv += ["--foreground", "--ready-fd", str(ready_fd), "--block-size", args.block_size]
     argv += ["--connections", str(args.connections), "--max-readahead", args.max_readahead]
     argv += ["--max-inflight", args.max_inflight, "--kernel-readahead", args.kernel_readahead]
-    argv += ["--cache-size", args.cache_size, "--metadata-ttl", str(args.metadata_ttl)]
+    argv += ["--cache-size", args.cache_size, "--metadata-ttl", str(args.metadata_ttl), "--timeout", str(args.timeout)]
+    if args.ca_bundle:
+        argv += ["--ca-bundle", str(args.ca_bundle.absolute())]
+    if args.http2:
+        argv.append("--http2")
     argv += ["--cache-dir", str((args.cache_dir or default_cache_dir()).absolute())]
     for group in args.fuse_options:
         argv += ["-o", group]

@@ -20,14 +20,15 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import trio
 
-from rangefs.blocks import BlockStore
+from rangefs.blocks import BlockStore, FetchAborted
 from rangefs.config import Entry
-from rangefs.errors import RemoteChanged, RemoteError, RemoteUnreachable
+from rangefs.errors import RangesUnsupported, RemoteChanged, RemoteError, RemoteUnreachable
 from rangefs.ranges import ByteRange
 from rangefs.readahead import AccessPattern, ReadaheadConfig
 from rangefs.readahead.prefetcher import Prefetcher
@@ -39,19 +40,36 @@ log = logging.getLogger(__name__)
 class RemoteVersion:
     """One version of a remote file as a RangeSource for the BlockStore."""
 
-    def __init__(self, client: RemoteClient, metadata: RemoteMetadata, headers: tuple[tuple[str, str], ...]):
+    def __init__(self, client: RemoteClient, metadata: RemoteMetadata, file: RemoteFile, engine: FileEngine):
         self.metadata = metadata
         self._client = client
-        self._headers = headers
+        self._headers = file.entry.headers
+        self._file = file
+        self._engine = engine
         self.object_id = metadata.object_id
         self.size = metadata.size
+
+    @property
+    def streams_whole(self) -> bool:
+        current = self._file.metadata
+        return not self.metadata.accepts_ranges or (
+            current is not None and current.same_version(self.metadata) and not current.accepts_ranges
+        )
+
+    def stream(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self._client.stream_whole(self.metadata, self._headers)
 
     def describe(self) -> dict[str, object]:
         meta = self.metadata
         return {"url": meta.url, "size": meta.size, "etag": meta.etag, "last_modified": meta.last_modified}
 
     async def fetch(self, wanted: ByteRange, *, demand: bool) -> bytearray:
-        return await self._client.fetch(self.metadata, wanted, self._headers, demand=demand)
+        try:
+            return await self._client.fetch(self.metadata, wanted, self._headers, demand=demand)
+        except RangesUnsupported:
+            self._engine.ranges_unsupported(self._file)
+            # Readers waiting for this fetch try again, and find the file is now read as one stream.
+            raise FetchAborted(f"{self.metadata.url} is read whole: the server ignores ranges") from None
 
 
 class RemoteFile:
@@ -204,7 +222,7 @@ class FileEngine:
             assert file.failure is not None
             raise file.failure
         handle = next(self._handle_numbers)
-        version = RemoteVersion(self.client, file.metadata, file.entry.headers)
+        version = RemoteVersion(self.client, file.metadata, file, self)
         self._handles[handle] = OpenFile(file, version, AccessPattern(self.readahead, file.metadata.size))
         return handle
 
@@ -224,6 +242,14 @@ class FileEngine:
         except RemoteChanged:
             opened.file.stale = True
             raise
+
+    def ranges_unsupported(self, file: RemoteFile) -> None:
+        """The server ignores Range for this file: remember it (across mounts) and say so once."""
+        if file.metadata is None or not file.metadata.accepts_ranges:
+            return
+        log.warning("%s: the server ignores range requests; reading the file whole, once, into the cache", file.url)
+        file.metadata = dataclasses.replace(file.metadata, accepts_ranges=False)
+        self.store.cache.put_record(file.record_key, json.dumps(dataclasses.asdict(file.metadata)))
 
     def release(self, handle: int) -> None:
         """Forget the handle and cancel the prefetching done for it."""

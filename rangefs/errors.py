@@ -8,6 +8,7 @@
         ├── RemoteUnreachable connection refused/reset, DNS failure, timeout
         ├── RemoteStatusError the server answered with an unexpected status (404, 500, ...)
         ├── InvalidResponse   the answer broke the range protocol (wrong Content-Range, short body, ...)
+        │   └── RangesUnsupported  the server sent the whole file to a range request
         └── RemoteChanged     the file changed on the server (validator differs, 200 to If-Range)
 
 Only ``fuse_ops`` maps these to errno values and only ``cli`` maps them to exit codes.
@@ -56,13 +57,22 @@ class RemoteUnreachable(RemoteError):
 class RemoteStatusError(RemoteError):
     """The server answered with a status that is not the one the request needs."""
 
-    def __init__(self, url: str, status: int, cause: str | None = None) -> None:
+    def __init__(self, url: str, status: int, cause: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(url, cause or f"HTTP status {status}")
         self.status = status
+        self.retry_after = retry_after
 
 
 class InvalidResponse(RemoteError):
-    """The answer cannot be trusted as the requested bytes."""
+    """The answer cannot be trusted as the requested bytes; ``transient`` if trying again may help."""
+
+    def __init__(self, url: str, cause: str, *, transient: bool = False) -> None:
+        super().__init__(url, cause)
+        self.transient = transient
+
+
+class RangesUnsupported(InvalidResponse):
+    """The server answered a range request with the whole (unchanged) file: it does not do ranges."""
 
 
 class RemoteChanged(RemoteError):

@@ -91,6 +91,9 @@ async def _serve_with_cache(
         RemoteClient(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            total_timeout=settings.timeout,
+            verify=str(settings.ca_bundle) if settings.ca_bundle else True,
+            http2=settings.http2,
             connections_per_host=settings.connections,
             user_agent=settings.user_agent,
         ) as client,

@@ -46,6 +46,7 @@ class RequestRecord:
     status: int = 0
     range: str | None = None
     bytes_sent: int = 0
+    time: float = field(default_factory=time.monotonic)
 
 
 # A fault gets the handler and the file (None for unknown paths); it returns True when it answered itself.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rangefs.errors import InvalidResponse, RemoteChanged, RemoteStatusError
+from rangefs.errors import InvalidResponse, RangesUnsupported, RemoteChanged, RemoteStatusError
 from rangefs.ranges import ByteRange
 from rangefs.remote.metadata import RemoteMetadata
 from rangefs.remote.validate import check_range_response, parse_content_range
@@ -13,8 +13,11 @@ WANTED = ByteRange(100, 200)
 GOOD = {"content-range": "bytes 100-199/1000", "content-length": "100"}
 
 
-def check(status: int, headers: dict[str, str], *, if_range: bool = True) -> None:
-    check_range_response("http://h/f", status, headers, wanted=WANTED, file_size=1000, sent_if_range=if_range)
+OURS = RemoteMetadata("http://h/f", 1000, etag='"v1"', last_modified="Tue, 14 Nov 2023 22:13:20 GMT")
+
+
+def check(status: int, headers: dict[str, str], metadata: RemoteMetadata = OURS) -> None:
+    check_range_response("http://h/f", status, headers, wanted=WANTED, metadata=metadata)
 
 
 def test_exact_answer_passes() -> None:
@@ -25,7 +28,9 @@ def test_exact_answer_passes() -> None:
 @pytest.mark.parametrize(
     ("status", "headers", "error", "words"),
     [
-        (200, {}, RemoteChanged, "If-Range"),
+        (200, {"etag": '"v2"', "content-length": "1000"}, RemoteChanged, "changed"),
+        (200, {"etag": '"v1"', "content-length": "999"}, RemoteChanged, "changed"),
+        (200, {"etag": '"v1"', "content-length": "1000"}, RangesUnsupported, "ignores Range"),
         (416, {}, RemoteChanged, "shrank"),
         (404, {}, RemoteStatusError, "404"),
         (206, {}, InvalidResponse, "without Content-Range"),
@@ -42,9 +47,9 @@ def test_wrong_answers_are_refused(status: int, headers: dict[str, str], error: 
         check(status, headers)
 
 
-def test_200_without_if_range_means_ranges_unsupported() -> None:
-    with pytest.raises(InvalidResponse, match="ignored the Range"):
-        check(200, {}, if_range=False)
+def test_200_without_validators_means_ranges_unsupported() -> None:
+    with pytest.raises(RangesUnsupported):
+        check(200, {"content-length": "1000"}, RemoteMetadata("http://h/f", 1000))
 
 
 def test_content_range_parsing() -> None:

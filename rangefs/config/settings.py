@@ -65,9 +65,16 @@ class MountSettings:
     # Concurrent probes at mount time: enough to hide round trips for long URL lists, few enough not to look
     # like an attack to one origin.
     probe_concurrency: int = 32
-    # Seconds to wait for a connection, and for any single network read, before giving up.
+    # Seconds one fetch or probe may take in all, retries included: then the reader gets EIO. A minute rides
+    # out a server restart or a burst of 503s; a reader that cannot wait can be interrupted at any time.
+    timeout: float = 60.0
+    # Seconds to wait for a connection, and for any single network read, before that attempt is retried.
     connect_timeout: float = 10.0
-    read_timeout: float = 30.0
+    read_timeout: float = 20.0
+    # TLS: verify servers against the system's CAs, or against this bundle (a private CA).
+    ca_bundle: Path | None = None
+    # HTTP/2 multiplexes requests to one host over one connection (needs the h2 package).
+    http2: bool = False
     # Seconds the kernel may cache attributes and directory entries (nothing changes them but a revalidation,
     # which invalidates explicitly).
     attr_timeout: float = 300.0
@@ -85,6 +92,10 @@ class MountSettings:
             raise UsageError("--block-size must be a multiple of 4K between 4K and 64M")
         self.max_request_size = max(self.max_request_size, self.block_size)
         self.prefetch_part_size = max(self.prefetch_part_size, self.block_size)
+        if self.timeout <= 0:
+            raise UsageError("--timeout must be positive")
+        self.connect_timeout = min(self.connect_timeout, self.timeout)
+        self.read_timeout = min(self.read_timeout, self.timeout)
         if self.connections < 1:
             raise UsageError("--connections must be at least 1")
         if self.max_inflight < self.block_size:

@@ -1,33 +1,54 @@
-"""HTTP client for probes and validated range fetches.
+"""HTTP client for probes and validated range fetches, with retries, adaptive limits and redirect handling.
 
 Redirects are followed here rather than by httpx so that headers configured for an entry (credentials) are
-only ever sent to the origin the user wrote down. Every transport failure is translated to a RemoteError in
-exactly one place, ``_translated``.
+only ever sent to the origin the user wrote down; the final location is remembered while it works and
+resolved again from the configured URL when it stops working (an expired signed URL answers 403 or 410).
+Every transport failure is translated to a RemoteError in exactly one place, ``_translated``. Transient
+failures are retried within a deadline per operation (``total_timeout``); a body cut short is resumed for
+the missing bytes only.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpcore
 import httpx
+import trio
 
-from rangefs.errors import InvalidResponse, RemoteError, RemoteStatusError, RemoteUnreachable
+from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteStatusError, RemoteUnreachable
+from rangefs.logthrottle import LogThrottle
 from rangefs.ranges import ByteRange
 from rangefs.remote.limits import HostLimits
 from rangefs.remote.metadata import RemoteMetadata
-from rangefs.remote.validate import check_range_response, parse_content_range, parse_unsatisfied_range
+from rangefs.remote.retry import THROTTLE_STATUSES, RetryPolicy, is_transient, parse_retry_after
+from rangefs.remote.validate import (
+    check_range_response,
+    parse_content_range,
+    parse_unsatisfied_range,
+    same_version,
+)
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+Headers = tuple[tuple[str, str], ...]
+
 MAX_REDIRECTS = 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# A remembered redirect target answering one of these has expired: start again from the configured URL.
+_EXPIRED_TARGET = frozenset({401, 403, 404, 410})
 # httpcore reads sockets 64 KiB at a time; each read costs a trip through h11 and the trio scheduler.
 # 1 MiB reads halve the CPU per MiB (STACK.md: 3.8 -> 1.5 CPU-s/GiB), the first limit on cold reads.
 _SOCKET_READ_SIZE = 1024 * 1024
+# Seconds a probe may take, retries included: probes stand between `ls` and its answer, so a dead host must
+# not hold a listing up for the whole read timeout.
+_PROBE_TIMEOUT = 5.0
 
 
 @dataclass
@@ -35,6 +56,13 @@ class ClientStatistics:
     requests: int = 0
     bytes_fetched: int = 0
     errors: int = 0
+    retries: int = 0
+    throttled: int = 0
+
+
+@dataclass
+class _Progress:
+    received: int = 0
 
 
 class RemoteClient:
@@ -45,8 +73,12 @@ class RemoteClient:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
+        total_timeout: float = 60.0,
         connections_per_host: int = 8,
         user_agent: str = "rangefs",
+        verify: str | bool = True,
+        http2: bool = False,
+        retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _SOCKET_READ_SIZE
@@ -56,11 +88,17 @@ class RemoteClient:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=4 * connections_per_host),
             follow_redirects=False,
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
+            verify=verify,
+            http2=http2,
             transport=transport,
             trust_env=True,
         )
+        self.total_timeout = total_timeout
+        self.retry = retry or RetryPolicy()
         self.limits = HostLimits(connections_per_host)
         self.stats = ClientStatistics()
+        self._redirected: dict[str, httpx.URL] = {}
+        self._log_throttle = LogThrottle()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -74,17 +112,97 @@ class RemoteClient:
     def statistics(self) -> ClientStatistics:
         return self.stats
 
-    async def probe(self, url: str, headers: tuple[tuple[str, str], ...] = ()) -> RemoteMetadata:
+    async def probe(self, url: str, headers: Headers = ()) -> RemoteMetadata:
         """Size and validator of ``url``: HEAD first, a one-byte ranged GET when HEAD says too little."""
+        timeout = min(self.total_timeout, _PROBE_TIMEOUT)
+        return await self._with_retries(url, lambda: self._probe_once(url, headers), timeout)
+
+    async def fetch(
+        self, metadata: RemoteMetadata, wanted: ByteRange, headers: Headers = (), *, demand: bool = True
+    ) -> bytearray:
+        """Exactly the ``wanted`` bytes of the version ``metadata`` describes, or a RemoteError.
+
+        Demand fetches (a reader waits) and prefetches use separate connection limits per host. A body cut
+        short is resumed from where it stopped."""
+        origin = _origin_of(httpx.URL(metadata.url))
+        body = bytearray(wanted.length)
+        progress = _Progress()
+
+        async def attempt() -> bytearray:
+            async with self.limits.limiter(origin, demand=demand):
+                await self._fetch_into(metadata, wanted, memoryview(body), progress, headers)
+            return body
+
+        return await self._with_retries(metadata.url, attempt, self.total_timeout)
+
+    @asynccontextmanager
+    async def stream_whole(
+        self, metadata: RemoteMetadata, headers: Headers = ()
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The whole file, in order, for servers that ignore Range; checked to be the version expected."""
+        url = metadata.url
+        self.stats.requests += 1
+        with self._translated(url):
+            async with self._request("GET", url, headers) as response:
+                if response.status_code != 200:
+                    raise _status_error(url, response)
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise InvalidResponse(url, f"whole file sent with Content-Encoding {encoding!r}")
+                if not same_version(metadata, response.headers):
+                    raise RemoteChanged(url, "the file changed (size or validator differ)")
+                yield self._counted(response.aiter_raw())
+
+    async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.stats.bytes_fetched += len(chunk)
+            yield chunk
+
+    async def _with_retries(self, url: str, operation: Callable[[], Awaitable[T]], timeout: float) -> T:
+        origin = _origin_of(httpx.URL(url))
+        deadline = trio.current_time() + timeout
+        for attempt in itertools.count(1):
+            try:
+                with trio.fail_after(max(0.0, deadline - trio.current_time())):
+                    result = await operation()
+            except trio.TooSlowError:
+                raise RemoteUnreachable(url, f"no complete answer within {timeout:.0f} s") from None
+            except RemoteError as error:
+                if isinstance(error, RemoteStatusError) and error.status in THROTTLE_STATUSES:
+                    self.limits.throttled(origin)
+                    self.stats.throttled += 1
+                if not is_transient(error) or attempt >= self.retry.max_attempts:
+                    raise
+                delay = self.retry.delay(attempt, getattr(error, "retry_after", None))
+                if trio.current_time() + delay >= deadline:
+                    raise
+                self.stats.retries += 1
+                self._log_retry(attempt, error, delay)
+                await trio.sleep(delay)
+            else:
+                self.limits.succeeded(origin)
+                return result
+        raise AssertionError("unreachable")
+
+    def _log_retry(self, attempt: int, error: RemoteError, delay: float) -> None:
+        level = logging.DEBUG if attempt == 1 else logging.INFO if attempt < 4 else logging.WARNING
+        if level >= logging.WARNING:
+            admitted, _ = self._log_throttle.admit(f"{error.url}\0{type(error).__name__}")
+            if not admitted:
+                return
+        log.log(level, "%s (attempt %d); retrying in %.2f s", error, attempt, delay)
+
+    async def _probe_once(self, url: str, headers: Headers) -> RemoteMetadata:
         with self._translated(url):
             async with self._request("HEAD", url, headers) as response:
-                if response.status_code == 200 and _content_length(response) is not None:
-                    return _metadata_from(url, response, _content_length(response) or 0)
+                length = _content_length(response)
+                if response.status_code == 200 and length is not None:
+                    return _metadata_from(url, response, length)
                 if response.status_code not in (200, 400, 403, 405, 501):
-                    raise RemoteStatusError(url, response.status_code)
+                    raise _status_error(url, response)
             return await self._probe_with_get(url, headers)
 
-    async def _probe_with_get(self, url: str, headers: tuple[tuple[str, str], ...]) -> RemoteMetadata:
+    async def _probe_with_get(self, url: str, headers: Headers) -> RemoteMetadata:
         async with self._request("GET", url, headers, {"Range": "bytes=0-0"}) as response:
             status = response.status_code
             if status == 206:
@@ -95,84 +213,67 @@ class RemoteClient:
                 if total is None:
                     raise InvalidResponse(url, "probe: server does not say the file size (Content-Range */*)")
                 return _metadata_from(url, response, total)
-            if status == 416:
-                total = parse_unsatisfied_range(response.headers.get("content-range", ""))
-                if total == 0:
-                    return _metadata_from(url, response, 0)
-            if status == 200 and _content_length(response) is not None:
-                metadata = _metadata_from(url, response, _content_length(response) or 0)
+            if status == 416 and parse_unsatisfied_range(response.headers.get("content-range", "")) == 0:
+                return _metadata_from(url, response, 0)
+            length = _content_length(response)
+            if status == 200 and length is not None:
+                metadata = _metadata_from(url, response, length)
                 return RemoteMetadata(metadata.url, metadata.size, metadata.etag, metadata.last_modified, False)
             if status == 200:
-                raise InvalidResponse(url, "probe: server sends neither Content-Length nor range support")
-            raise RemoteStatusError(url, status)
+                raise InvalidResponse(url, "probe: server says neither the file size nor supports ranges")
+            raise _status_error(url, response)
 
-    async def fetch(
-        self,
-        metadata: RemoteMetadata,
-        wanted: ByteRange,
-        headers: tuple[tuple[str, str], ...] = (),
-        *,
-        demand: bool = True,
-    ) -> bytearray:
-        """Exactly the ``wanted`` bytes of the version ``metadata`` describes, or a RemoteError.
-
-        Demand fetches (a reader waits) and prefetches use separate connection limits per host."""
-        origin = httpx.URL(metadata.url)
-        async with self.limits.limiter(f"{origin.scheme}://{origin.netloc.decode()}", demand=demand):
-            return await self._fetch(metadata, wanted, headers)
-
-    async def _fetch(
-        self, metadata: RemoteMetadata, wanted: ByteRange, headers: tuple[tuple[str, str], ...]
-    ) -> bytearray:
+    async def _fetch_into(
+        self, metadata: RemoteMetadata, wanted: ByteRange, body: memoryview, progress: _Progress, headers: Headers
+    ) -> None:
+        """One attempt: fetch what ``progress`` says is still missing of ``wanted`` into ``body``."""
         url = metadata.url
-        extra = {"Range": wanted.header_value()}
+        missing = ByteRange(wanted.start + progress.received, wanted.stop)
+        extra = {"Range": missing.header_value()}
         if metadata.if_range:
             extra["If-Range"] = metadata.if_range
         self.stats.requests += 1
         with self._translated(url):
             async with self._request("GET", url, headers, extra) as response:
-                check_range_response(
-                    url,
-                    response.status_code,
-                    response.headers,
-                    wanted=wanted,
-                    file_size=metadata.size,
-                    sent_if_range="If-Range" in extra,
-                )
-                body = bytearray(wanted.length)
-                view = memoryview(body)
-                received = 0
+                if response.status_code >= 400:
+                    raise _status_error(url, response)
+                check_range_response(url, response.status_code, response.headers, wanted=missing, metadata=metadata)
                 async for chunk in response.aiter_raw():
-                    end = received + len(chunk)
+                    end = progress.received + len(chunk)
                     if end > wanted.length:
-                        raise InvalidResponse(url, f"body longer than the {wanted.length} bytes asked for")
-                    view[received:end] = chunk
-                    received = end
-                if received != wanted.length:
-                    raise InvalidResponse(url, f"body cut short: {received} of {wanted.length} bytes")
-        self.stats.bytes_fetched += received
-        return body
+                        raise InvalidResponse(url, f"body longer than the {missing.length} bytes asked for")
+                    body[progress.received : end] = chunk
+                    progress.received = end
+                    self.stats.bytes_fetched += len(chunk)
+                if progress.received != wanted.length:
+                    raise InvalidResponse(
+                        url, f"body cut short: {progress.received} of {wanted.length} bytes", transient=True
+                    )
 
     @asynccontextmanager
     async def _request(
-        self,
-        method: str,
-        url: str,
-        configured: tuple[tuple[str, str], ...],
-        extra: dict[str, str] | None = None,
+        self, method: str, url: str, configured: Headers, extra: dict[str, str] | None = None
     ) -> AsyncIterator[httpx.Response]:
         """Send a request, following redirects; configured headers go to the configured origin only."""
         origin = httpx.URL(url)
-        target = origin
+        remembered = self._redirected.get(url)
+        target = remembered or origin
         for _ in range(MAX_REDIRECTS + 1):
             headers = httpx.Headers(extra or {})
             if _same_origin(target, origin):
                 for name, value in configured:
                     headers[name] = value
-            request = self._client.build_request(method, target, headers=headers)
-            response = await self._client.send(request, stream=True)
+            response = await self._client.send(self._client.build_request(method, target, headers=headers), stream=True)
             location = response.headers.get("location")
+            if remembered is not None and response.status_code in _EXPIRED_TARGET:
+                await response.aclose()
+                log.info("redirect target of %s answered %d; resolving %s again", url, response.status_code, url)
+                del self._redirected[url]
+                remembered, target = None, origin
+                continue
             if response.status_code not in _REDIRECTS or location is None:
+                if target != origin and response.status_code < 300:
+                    self._redirected[url] = target
                 try:
                     yield response
                 finally:
@@ -196,14 +297,24 @@ class RemoteClient:
             raise RemoteUnreachable(url, f"timed out ({type(error).__name__})") from None
         except httpx.RemoteProtocolError as error:
             self.stats.errors += 1
-            raise InvalidResponse(url, f"protocol error: {error}") from None
+            raise InvalidResponse(url, f"protocol error: {error}", transient=True) from None
         except httpx.HTTPError as error:
             self.stats.errors += 1
             raise RemoteUnreachable(url, f"{type(error).__name__}: {error or 'connection failed'}") from None
 
 
+def _origin_of(url: httpx.URL) -> str:
+    return f"{url.scheme}://{url.netloc.decode()}"
+
+
 def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+def _status_error(url: str, response: httpx.Response) -> RemoteStatusError:
+    return RemoteStatusError(
+        url, response.status_code, retry_after=parse_retry_after(response.headers.get("retry-after"))
+    )
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -212,11 +323,13 @@ def _content_length(response: httpx.Response) -> int | None:
 
 
 def _metadata_from(url: str, response: httpx.Response, size: int) -> RemoteMetadata:
-    accept_ranges = response.headers.get("accept-ranges", "").lower()
+    # Only an explicit "none" says no: many servers that do ranges never advertise them. A server that
+    # ignores a range request anyway is found out by the first fetch (RangesUnsupported).
+    accept_ranges = response.headers.get("accept-ranges", "").strip().lower()
     return RemoteMetadata(
         url=url,
         size=size,
         etag=response.headers.get("etag"),
         last_modified=response.headers.get("last-modified"),
-        accepts_ranges=response.status_code == 206 or "bytes" in accept_ranges,
+        accepts_ranges=response.status_code == 206 or accept_ranges != "none",
     )

@@ -8,8 +8,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from rangefs.errors import InvalidResponse, RemoteChanged, RemoteStatusError
+from rangefs.errors import InvalidResponse, RangesUnsupported, RemoteChanged, RemoteStatusError
 from rangefs.ranges import ByteRange
+from rangefs.remote.metadata import RemoteMetadata
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
@@ -32,14 +33,28 @@ def parse_unsatisfied_range(value: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def same_version(metadata: RemoteMetadata, headers: Mapping[str, str]) -> bool:
+    """Whether an answer's validators (where it sends any) are those of ``metadata``."""
+    length = headers.get("content-length")
+    if length is not None and length.strip() != str(metadata.size):
+        return False
+    etag, modified = headers.get("etag"), headers.get("last-modified")
+    if metadata.strong_etag is not None and etag is not None:
+        return etag == metadata.etag
+    if metadata.last_modified is not None and modified is not None:
+        return modified == metadata.last_modified
+    return metadata.if_range is None  # nothing to compare with either way
+
+
 def check_range_response(
-    url: str, status: int, headers: Mapping[str, str], *, wanted: ByteRange, file_size: int, sent_if_range: bool
+    url: str, status: int, headers: Mapping[str, str], *, wanted: ByteRange, metadata: RemoteMetadata
 ) -> None:
-    """Raise unless the answer is exactly the ``wanted`` bytes of the version we asked for."""
+    """Raise unless the answer is exactly the ``wanted`` bytes of the version ``metadata`` describes."""
+    file_size = metadata.size
     if status == 200:
-        if sent_if_range:
-            raise RemoteChanged(url, "server sent the whole file to an If-Range request: the file changed")
-        raise InvalidResponse(url, "server ignored the Range header (200 instead of 206)")
+        if same_version(metadata, headers):
+            raise RangesUnsupported(url, "server ignores Range and sends the whole file (200 instead of 206)")
+        raise RemoteChanged(url, "server sent another version of the file to an If-Range request: the file changed")
     if status == 416:
         raise RemoteChanged(url, f"range {wanted.header_value()} not satisfiable: the file shrank")
     if status != 206:
