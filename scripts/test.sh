@@ -3,7 +3,7 @@
 # which mounts real FUSE filesystems against a loopback HTTP origin (needs root or /dev/fuse access).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh unzip
+scripts/setup.sh unzip nginx-light
 .venv/bin/ruff check rangefs tests benchmarks scripts
 .venv/bin/ruff format --check rangefs tests benchmarks scripts
 .venv/bin/mypy
