@@ -31,6 +31,7 @@ from rangefs.config import Entry
 from rangefs.errors import RangesUnsupported, RemoteChanged, RemoteError, RemoteUnreachable
 from rangefs.ranges import ByteRange
 from rangefs.readahead import AccessPattern, ReadaheadConfig
+from rangefs.readahead.formats import planner_for
 from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient, RemoteMetadata
 
@@ -82,6 +83,7 @@ class RemoteFile:
         self.failure: RemoteError | None = None
         self.stale = False  # a read saw the file change: probe again before the next open
         self.probed_at = 0.0  # wall-clock time of the probe that produced ``metadata``
+        self.index_planned_for: str | None = None  # object id whose format index was prefetched
         self._probed = trio.Event()
         self._probing = False
 
@@ -224,6 +226,7 @@ class FileEngine:
         handle = next(self._handle_numbers)
         version = RemoteVersion(self.client, file.metadata, file, self)
         self._handles[handle] = OpenFile(file, version, AccessPattern(self.readahead, file.metadata.size))
+        self._plan_index(file, version)
         return handle
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
@@ -242,6 +245,15 @@ class FileEngine:
         except RemoteChanged:
             opened.file.stale = True
             raise
+
+    def _plan_index(self, file: RemoteFile, version: RemoteVersion) -> None:
+        """On the first open of a version, prefetch the index its format's readers start with."""
+        if self.prefetcher is None or file.index_planned_for == version.object_id or version.streams_whole:
+            return
+        file.index_planned_for = version.object_id
+        planner = planner_for(file.entry.path.name, version.size)
+        if planner is not None:
+            self.prefetcher.plan_index(version, planner)
 
     def ranges_unsupported(self, file: RemoteFile) -> None:
         """The server ignores Range for this file: remember it (across mounts) and say so once."""

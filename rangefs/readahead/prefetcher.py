@@ -17,12 +17,16 @@ from dataclasses import dataclass
 import trio
 
 from rangefs.blocks import BlockStore, RangeSource
+from rangefs.errors import RangefsError
 from rangefs.readahead.budget import ByteBudget
+from rangefs.readahead.formats import Planner
 from rangefs.readahead.pattern import Prefetch
 
 log = logging.getLogger(__name__)
 
 StreamKey = tuple[int, int]  # (open handle, stream id)
+# Prefetches of format indexes belong to no open handle: closing the file does not cancel them.
+_INDEX_KEY: StreamKey = (0, 0)
 
 
 @dataclass
@@ -30,6 +34,7 @@ class PrefetcherStatistics:
     parts_started: int = 0
     parts_cancelled: int = 0
     blocks_skipped: int = 0  # already cached or in flight when the part was planned
+    index_plans: int = 0  # format-aware first opens (zip, MP4, Parquet)
 
 
 class Prefetcher:
@@ -56,6 +61,22 @@ class Prefetcher:
         for first in range(0, len(missing), self._blocks_per_part):
             part = missing[first : first + self._blocks_per_part]
             self._nursery.start_soon(self._fetch_part, source, (handle, prefetch.stream_id), part)
+
+    def plan_index(self, source: RangeSource, planner: Planner) -> None:
+        """Fetch the index structures a format planner finds (zip directory, MP4 moov), in the background."""
+        self.stats.index_plans += 1
+        self._nursery.start_soon(self._run_plan, source, planner)
+
+    async def _run_plan(self, source: RangeSource, planner: Planner) -> None:
+        try:
+            while (need := planner.next_range()) is not None:
+                planner.feed(need.start, await self.store.read(source, need.start, need.length))
+        except RangefsError as error:
+            log.debug("format-aware prefetch of %s stopped: %s", source.describe().get("url"), error)
+            return
+        for wanted in planner.wanted():
+            log.debug("prefetching the index of %s: %s", source.describe().get("url"), wanted)
+            self.submit(source, _INDEX_KEY[0], Prefetch(_INDEX_KEY[1], wanted.start, wanted.stop))
 
     def cancel(self, handle: int, stream_ids: tuple[int, ...] | None = None) -> None:
         """Cancel the parts of the given streams of ``handle`` (all its streams when None)."""

@@ -158,15 +158,15 @@ class RemoteClient:
             self.stats.bytes_fetched += len(chunk)
             yield chunk
 
-    async def _with_retries(self, url: str, operation: Callable[[], Awaitable[T]], timeout: float) -> T:
+    async def _with_retries(self, url: str, operation: Callable[[], Awaitable[T]], time_budget: float) -> T:
         origin = _origin_of(httpx.URL(url))
-        deadline = trio.current_time() + timeout
+        deadline = trio.current_time() + time_budget
         for attempt in itertools.count(1):
             try:
                 with trio.fail_after(max(0.0, deadline - trio.current_time())):
                     result = await operation()
             except trio.TooSlowError:
-                raise RemoteUnreachable(url, f"no complete answer within {timeout:.0f} s") from None
+                raise RemoteUnreachable(url, f"no complete answer within {time_budget:.0f} s") from None
             except RemoteError as error:
                 if isinstance(error, RemoteStatusError) and error.status in THROTTLE_STATUSES:
                     self.limits.throttled(origin)

@@ -1,0 +1,155 @@
+"""Format-aware first open: which bytes a zip, MP4/MOV or Parquet reader will want first, found by parsing.
+
+Tools read a file's index before its data: ``unzip -l`` reads the end-of-central-directory record at the end
+and then the central directory, ``ffprobe`` reads the ``moov`` box wherever it is (at the end of a file not
+written for streaming), a Parquet reader reads the footer. Fetched before the tool asks, those reads become
+cache hits, and the open costs a round trip or two instead of one per tool request.
+
+Each planner is a pure state machine: ``next_range()`` says which bytes it needs to look at, ``feed()``
+hands them over, and ``wanted()`` is what to prefetch once it knows. It never asks for more than the
+structure it parses (plus the block it sits in), and gives up quietly on anything it does not recognise.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from rangefs.ranges import ByteRange
+
+# The end-of-central-directory record is 22 bytes plus a comment of up to 65,535.
+_EOCD_SEARCH = 22 + 65_535
+_EOCD = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_EOCD = b"PK\x06\x06"
+# An index larger than this is not prefetched whole: the tool will read it sequentially anyway.
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+
+ZIP_SUFFIXES = (".zip", ".jar", ".war", ".whl", ".apk", ".epub", ".docx", ".xlsx", ".pptx", ".odt", ".nupkg")
+MP4_SUFFIXES = (".mp4", ".m4v", ".m4a", ".mov", ".3gp", ".mj2", ".heic")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass
+class Planner:
+    file_size: int
+    _need: ByteRange | None = None
+    _wanted: list[ByteRange] = field(default_factory=list)
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        """Subclasses set ``_need``, the first bytes they look at."""
+
+    def next_range(self) -> ByteRange | None:
+        """Bytes to read and ``feed`` next; None when the plan is complete (or abandoned)."""
+        return None if self.done else self._need
+
+    def wanted(self) -> list[ByteRange]:
+        """Ranges to prefetch: the index structures found."""
+        return self._wanted
+
+    def feed(self, offset: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _finish(self, *ranges: ByteRange) -> None:
+        self._wanted.extend(r for r in ranges if 0 < r.length <= MAX_INDEX_BYTES)
+        self.done = True
+
+
+class ZipPlanner(Planner):
+    """End of central directory (and its ZIP64 variant), then the central directory itself."""
+
+    def __post_init__(self) -> None:
+        self._need = ByteRange(max(0, self.file_size - _EOCD_SEARCH), self.file_size)
+
+    def feed(self, offset: int, data: bytes) -> None:
+        position = data.rfind(_EOCD)
+        if position < 0 or len(data) - position < 22:
+            self._finish()
+            return
+        cd_size, cd_offset = struct.unpack_from("<II", data, position + 12)
+        eocd = offset + position
+        if 0xFFFFFFFF in (cd_size, cd_offset):
+            locator = position - 20
+            if locator < 0 or data[locator : locator + 4] != _ZIP64_LOCATOR:
+                self._finish()
+                return
+            (record,) = struct.unpack_from("<Q", data, locator + 8)
+            if (
+                not offset <= record <= offset + len(data) - 56
+                or data[record - offset : record - offset + 4] != _ZIP64_EOCD
+            ):
+                self._finish()
+                return
+            cd_size, cd_offset = struct.unpack_from("<QQ", data, record - offset + 40)
+        if cd_offset + cd_size > eocd:
+            self._finish()
+            return
+        self._finish(ByteRange(cd_offset, eocd), ByteRange(eocd, self.file_size))
+
+
+class Mp4Planner(Planner):
+    """Walk the top-level boxes from the start until the ``moov`` box is found, however far into the file."""
+
+    _header = 16  # size (4), type (4), and a 64-bit size when the first says 1
+
+    def __post_init__(self) -> None:
+        self._need = ByteRange(0, min(self.file_size, 64 * 1024))
+        self._box = 0
+
+    def feed(self, offset: int, data: bytes) -> None:
+        position = self._box
+        while position + 8 <= offset + len(data) and position < self.file_size:
+            local = position - offset
+            if local < 0 or local + 8 > len(data):
+                break
+            size, kind = struct.unpack_from(">I4s", data, local)
+            header = 8
+            if size == 1:
+                if local + 16 > len(data):
+                    break
+                (size,) = struct.unpack_from(">Q", data, local + 8)
+                header = 16
+            elif size == 0:
+                size = self.file_size - position
+            if (position == 0 and kind != b"ftyp") or size < header:
+                self._finish()  # not an ISO media file after all
+                return
+            if kind == b"moov":
+                self._finish(ByteRange(position, min(position + size, self.file_size)))
+                return
+            position += size
+        if position >= self.file_size:
+            self._finish()
+            return
+        self._box = position
+        self._need = ByteRange(position, min(position + self._header, self.file_size))
+
+
+class ParquetPlanner(Planner):
+    """The footer: its length sits in the 4 bytes before the closing magic ``PAR1``."""
+
+    def __post_init__(self) -> None:
+        self._need = ByteRange(max(0, self.file_size - 8), self.file_size)
+
+    def feed(self, offset: int, data: bytes) -> None:
+        if len(data) < 8 or data[-4:] != b"PAR1":
+            self._finish()
+            return
+        (length,) = struct.unpack_from("<I", data, len(data) - 8)
+        start = self.file_size - 8 - length
+        self._finish(ByteRange(start, self.file_size) if start >= 4 else ByteRange(0, 0))
+
+
+def planner_for(name: str, file_size: int) -> Planner | None:
+    """A planner for a file whose name says it is a zip, MP4/MOV or Parquet file; None otherwise."""
+    lower = name.lower()
+    if file_size < 22:
+        return None
+    if lower.endswith(ZIP_SUFFIXES):
+        return ZipPlanner(file_size)
+    if lower.endswith(MP4_SUFFIXES):
+        return Mp4Planner(file_size)
+    if lower.endswith(PARQUET_SUFFIXES):
+        return ParquetPlanner(file_size)
+    return None
