@@ -70,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-inflight", default="256M", help="prefetched bytes in flight across the mount (default: 256M)"
     )
     mount.add_argument(
+        "--no-format-prefetch",
+        action="store_true",
+        help="do not prefetch zip directories, MP4 moov boxes and Parquet footers on first open",
+    )
+    mount.add_argument(
         "--kernel-readahead",
-        default="8M",
-        help="the kernel's readahead for the mount, root only; 0 keeps the kernel default (default: 8M)",
+        default="256K",
+        help="the kernel's readahead for the mount, root only; 0 keeps the kernel default (default: 256K)",
     )
     mount.add_argument(
         "-o",
@@ -169,6 +174,7 @@ def _settings(args: argparse.Namespace) -> MountSettings:
         kernel_readahead=kernel_readahead or None,
         cache_size=parse_size(args.cache_size) or None,
         timeout=args.timeout,
+        format_prefetch=not args.no_format_prefetch,
         ca_bundle=args.ca_bundle.absolute() if args.ca_bundle else None,
         http2=args.http2,
         metadata_ttl=args.metadata_ttl,
@@ -229,6 +235,8 @@ def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
         argv += ["--ca-bundle", str(args.ca_bundle.absolute())]
     if args.http2:
         argv.append("--http2")
+    if args.no_format_prefetch:
+        argv.append("--no-format-prefetch")
     argv += ["--cache-dir", str((args.cache_dir or default_cache_dir()).absolute())]
     for group in args.fuse_options:
         argv += ["-o", group]

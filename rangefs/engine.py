@@ -64,7 +64,7 @@ class RemoteVersion:
         meta = self.metadata
         return {"url": meta.url, "size": meta.size, "etag": meta.etag, "last_modified": meta.last_modified}
 
-    async def fetch(self, wanted: ByteRange, *, demand: bool) -> bytearray:
+    async def fetch(self, wanted: ByteRange, *, demand: bool) -> bytes:
         try:
             return await self._client.fetch(self.metadata, wanted, self._headers, demand=demand)
         except RangesUnsupported:
@@ -122,6 +122,7 @@ class FileEngine:
         readahead: ReadaheadConfig | None = None,
         probe_concurrency: int = 32,
         metadata_ttl: float = 300.0,
+        format_prefetch: bool = True,
         on_metadata_changed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.files = [RemoteFile(entry, index) for index, entry in enumerate(entries)]
@@ -131,6 +132,7 @@ class FileEngine:
         self.readahead = readahead or ReadaheadConfig(block_size=store.block_size)
         self._probe_limiter = trio.CapacityLimiter(probe_concurrency)
         self.metadata_ttl = metadata_ttl
+        self.format_prefetch = format_prefetch
         self.on_metadata_changed = on_metadata_changed
         self._handles: dict[int, OpenFile] = {}
         self._handle_numbers = itertools.count(1)
@@ -248,7 +250,9 @@ class FileEngine:
 
     def _plan_index(self, file: RemoteFile, version: RemoteVersion) -> None:
         """On the first open of a version, prefetch the index its format's readers start with."""
-        if self.prefetcher is None or file.index_planned_for == version.object_id or version.streams_whole:
+        if not self.format_prefetch or self.prefetcher is None or version.streams_whole:
+            return
+        if file.index_planned_for == version.object_id:
             return
         file.index_planned_for = version.object_id
         planner = planner_for(file.entry.path.name, version.size)

@@ -100,7 +100,12 @@ async def _serve_with_cache(
         trio.open_nursery() as nursery,
     ):
         store = BlockStore(
-            cache, block_size=settings.block_size, max_request_size=settings.max_request_size, nursery=nursery
+            cache,
+            block_size=settings.block_size,
+            max_request_size=settings.max_request_size,
+            nursery=nursery,
+            # Readahead brings a block up to a window (plus the parts in flight) ahead of its reader.
+            hot_bytes=max(2 * settings.max_readahead, settings.block_size),
         )
         prefetcher = Prefetcher(
             store,
@@ -121,6 +126,7 @@ async def _serve_with_cache(
             readahead=readahead,
             probe_concurrency=settings.probe_concurrency,
             metadata_ttl=settings.metadata_ttl,
+            format_prefetch=settings.format_prefetch,
         )
         operations = RangefsOperations(
             Namespace(entries), engine, attr_timeout=settings.attr_timeout, block_size=settings.block_size

@@ -55,7 +55,7 @@ def sha256_of(path: Path) -> str:
 def test_size_limit_holds_while_reading_a_larger_file(origin: Origin, mount_factory: MountFactory) -> None:
     data = pattern_bytes(64 * MiB, seed=31)
     url = origin.add("/big.bin", data)
-    mounted = mount_factory([url], "--cache-size", "16M", "--max-inflight", "8M")
+    mounted = mount_factory([url], "--cache-size", "16M", "--max-inflight", "8M", "--max-readahead", "8M")
     for _ in range(2):  # twice: the second pass evicts what the first one cached
         assert sha256_of(mounted.path / "big.bin") == hashlib.sha256(data).hexdigest()
         assert disk_usage(mounted.cache_dir / "blocks") <= 16 * MiB

@@ -76,21 +76,24 @@ class CacheIndex:
     def usage(self) -> int:
         return int(self._db.execute("SELECT bytes FROM usage").fetchone()[0])
 
-    def add_block(self, key: BlockKey, size: int, limit: int | None) -> list[BlockKey]:
-        """Record a block written to disk; returns the least recently used blocks to delete to stay in limit."""
+    def add_blocks(self, sizes: dict[BlockKey, int], limit: int | None) -> list[BlockKey]:
+        """Record blocks written to disk (one transaction); returns the least recently used blocks to delete
+        to stay within ``limit``."""
         db = self._transaction()
         try:
-            old = db.execute("SELECT size FROM blocks WHERE object_id=? AND idx=?", key).fetchone()
-            db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", (*key, size, self._clock()))
-            db.execute("UPDATE usage SET bytes = bytes + ?", (size - (old[0] if old else 0),))
-            evicted = self._evict(db, limit, keep=key) if limit is not None else []
+            now = self._clock()
+            for key, size in sizes.items():
+                old = db.execute("SELECT size FROM blocks WHERE object_id=? AND idx=?", key).fetchone()
+                db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", (*key, size, now))
+                db.execute("UPDATE usage SET bytes = bytes + ?", (size - (old[0] if old else 0),))
+            evicted = self._evict(db, limit, keep=set(sizes)) if limit is not None else []
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return evicted
 
-    def _evict(self, db: sqlite3.Connection, limit: int, keep: BlockKey | None) -> list[BlockKey]:
+    def _evict(self, db: sqlite3.Connection, limit: int, keep: set[BlockKey]) -> list[BlockKey]:
         excess = int(db.execute("SELECT bytes FROM usage").fetchone()[0]) - limit
         evicted: list[BlockKey] = []
         if excess <= 0:
@@ -102,7 +105,7 @@ class CacheIndex:
         ).fetchall():
             if freed >= excess:
                 break
-            if (object_id, index) == keep:
+            if (object_id, index) in keep:
                 continue
             evicted.append((object_id, index))
             freed += size
@@ -114,7 +117,7 @@ class CacheIndex:
         """Drop least recently used blocks until at most ``limit`` bytes remain (``cache prune``)."""
         db = self._transaction()
         try:
-            evicted = self._evict(db, limit, keep=None)
+            evicted = self._evict(db, limit, keep=set())
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -181,7 +184,7 @@ class CacheIndex:
             )
             db.execute("UPDATE usage SET bytes = (SELECT coalesce(sum(size), 0) FROM blocks)")
             db.execute("DELETE FROM objects WHERE object_id NOT IN (SELECT DISTINCT object_id FROM blocks)")
-            evicted = self._evict(db, limit, keep=None) if limit is not None else []
+            evicted = self._evict(db, limit, keep=set()) if limit is not None else []
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -10,7 +10,9 @@ it has earned (its *window*) and how far it has already been prefetched.
   continues it: the kernel may have several reads in flight and answer order is not request order.
 - Any other read starts a new stream. A stream that is not confirmed earns no readahead, so a reader that
   jumps around (a zip listing, SQLite pages, a video seek) fetches only the blocks it reads.
-- After ``confirm_reads`` in-order reads the stream keeps its window prefetched ahead of its end. The window
+- After ``confirm_reads`` in-order reads covering at least ``confirm_bytes`` the stream keeps its window
+  prefetched ahead of its end. (A player decoding one frame after a seek reads a few hundred KiB in order:
+  that alone must not start readahead.) The window
   starts at one block and doubles each time a prefetch is issued, up to ``max_window``. Prefetches are whole
   multiples of ``request_size`` (while the window is smaller than that, whatever it allows), so a streaming
   reader causes a steady series of equal, large requests rather than a tail of small ones.
@@ -43,6 +45,8 @@ class ReadaheadConfig:
     request_size: int = 8 * MiB
     # In-order reads before a stream earns readahead: one adjacent read could be chance, two rarely are.
     confirm_reads: int = 2
+    # ...and bytes the stream must have covered: a block, so a short in-order burst stays unprefetched.
+    confirm_bytes: int = MiB
     # Concurrent streams per open file: a video player reads video and audio at two offsets, some formats more.
     max_streams: int = 8
 
@@ -71,6 +75,7 @@ class Decision:
 @dataclass(slots=True)
 class _Stream:
     stream_id: int
+    start: int
     end: int
     prefetched_until: int
     last_used: int
@@ -115,7 +120,7 @@ class AccessPattern:
         self.stats.reads += 1
         stream = self._stream_continued_by(offset)
         if stream is None:
-            return Decision(dropped_streams=self._start_stream(end))
+            return Decision(dropped_streams=self._start_stream(offset, end))
         stream.last_used = self._clock
         if offset <= stream.end + self.config.block_size:
             stream.in_order_reads += 1
@@ -134,10 +139,10 @@ class AccessPattern:
                 best = stream
         return best
 
-    def _start_stream(self, end: int) -> tuple[int, ...]:
+    def _start_stream(self, offset: int, end: int) -> tuple[int, ...]:
         self.stats.streams_created += 1
         # The demand read fetches whole blocks: count them as already fetched for this stream.
-        stream = _Stream(self.stats.streams_created, end, self._block_ceiling(end), self._clock)
+        stream = _Stream(self.stats.streams_created, offset, end, self._block_ceiling(end), self._clock)
         self._streams.append(stream)
         dropped: list[int] = []
         while len(self._streams) > self.config.max_streams:
@@ -149,6 +154,8 @@ class AccessPattern:
 
     def _prefetch_for(self, stream: _Stream) -> Prefetch | None:
         if stream.in_order_reads < self.config.confirm_reads or self.config.max_window == 0:
+            return None
+        if stream.end - stream.start < self.config.confirm_bytes:
             return None
         if stream.window == 0:
             stream.window = min(self.config.block_size, self.config.max_window)

@@ -14,7 +14,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import httpcore
@@ -62,6 +62,9 @@ class ClientStatistics:
 
 @dataclass
 class _Progress:
+    """What the attempts of one fetch have received so far."""
+
+    chunks: list[bytes] = field(default_factory=list)
     received: int = 0
 
 
@@ -119,19 +122,19 @@ class RemoteClient:
 
     async def fetch(
         self, metadata: RemoteMetadata, wanted: ByteRange, headers: Headers = (), *, demand: bool = True
-    ) -> bytearray:
+    ) -> bytes:
         """Exactly the ``wanted`` bytes of the version ``metadata`` describes, or a RemoteError.
 
         Demand fetches (a reader waits) and prefetches use separate connection limits per host. A body cut
         short is resumed from where it stopped."""
         origin = _origin_of(httpx.URL(metadata.url))
-        body = bytearray(wanted.length)
         progress = _Progress()
 
-        async def attempt() -> bytearray:
+        async def attempt() -> bytes:
             async with self.limits.limiter(origin, demand=demand):
-                await self._fetch_into(metadata, wanted, memoryview(body), progress, headers)
-            return body
+                await self._fetch_into(metadata, wanted, progress, headers)
+            # One copy from the socket reads into the result (a preallocated buffer would cost two passes).
+            return b"".join(progress.chunks)
 
         return await self._with_retries(metadata.url, attempt, self.total_timeout)
 
@@ -224,7 +227,7 @@ class RemoteClient:
             raise _status_error(url, response)
 
     async def _fetch_into(
-        self, metadata: RemoteMetadata, wanted: ByteRange, body: memoryview, progress: _Progress, headers: Headers
+        self, metadata: RemoteMetadata, wanted: ByteRange, progress: _Progress, headers: Headers
     ) -> None:
         """One attempt: fetch what ``progress`` says is still missing of ``wanted`` into ``body``."""
         url = metadata.url
@@ -242,7 +245,7 @@ class RemoteClient:
                     end = progress.received + len(chunk)
                     if end > wanted.length:
                         raise InvalidResponse(url, f"body longer than the {missing.length} bytes asked for")
-                    body[progress.received : end] = chunk
+                    progress.chunks.append(chunk)
                     progress.received = end
                     self.stats.bytes_fetched += len(chunk)
                 if progress.received != wanted.length:
