@@ -60,7 +60,7 @@ class FetchAborted(RangefsError):
     """The fetch a reader waited for was cancelled (the mount is shutting down)."""
 
 
-class _PendingBlock:
+class PendingBlock:
     """A block being fetched; waiters wake when ``done`` is set, with either ``data`` or ``error``."""
 
     __slots__ = ("data", "done", "error")
@@ -100,7 +100,7 @@ class BlockStore:
         self.block_size = block_size
         self._blocks_per_request = max(1, max_request_size // block_size)
         self._nursery = nursery
-        self._in_flight: dict[tuple[str, int], _PendingBlock] = {}
+        self._in_flight: dict[tuple[str, int], PendingBlock] = {}
         self._hot: OrderedDict[tuple[str, int], memoryview] = OrderedDict()
         self._hot_bytes = 0
         self._hot_limit = hot_bytes
@@ -129,7 +129,7 @@ class BlockStore:
         if wanted.length == 0:
             await trio.lowlevel.checkpoint()
             return b""
-        pieces: list[bytes | _PendingBlock | None] = []  # None: missing, to be fetched
+        pieces: list[bytes | PendingBlock | None] = []  # None: missing, to be fetched
         slices: list[tuple[int, int]] = []
         missing: list[int] = []
         # No await from here to start_fetches: the in-flight map and the cache are consulted atomically.
@@ -163,11 +163,11 @@ class BlockStore:
         self.stats.bytes_served += wanted.length
         return b"".join(result)
 
-    def start_fetches(self, source: RangeSource, indices: list[int], *, demand: bool) -> dict[int, _PendingBlock]:
+    def start_fetches(self, source: RangeSource, indices: list[int], *, demand: bool) -> dict[int, PendingBlock]:
         """Start fetching the given blocks (sorted) in the service nursery, joining those already in flight.
 
         Synchronous: never waits. Returns the pending block for every index."""
-        pending_by_index: dict[int, _PendingBlock] = {}
+        pending_by_index: dict[int, PendingBlock] = {}
         new: list[int] = []
         for index in indices:
             existing = self._in_flight.get((source.object_id, index))
@@ -180,18 +180,26 @@ class BlockStore:
             self._nursery.start_soon(self._fetch_run, source, run, {i: pending_by_index[i] for i in run}, demand)
         return pending_by_index
 
-    async def fetch_blocks(self, source: RangeSource, indices: list[int]) -> None:
-        """Fetch the given blocks (sorted) into the cache in this task, skipping cached and in-flight ones.
-
-        For prefetching: cancelling the caller cancels the fetch, and readers that joined it fetch again."""
+    def reserve(self, source: RangeSource, indices: list[int]) -> dict[int, PendingBlock]:
+        """Mark blocks (sorted) that are neither cached nor in flight as in flight, for a prefetch to fetch
+        later with ``fetch_reserved``; readers that want them meanwhile join instead of fetching them again.
+        Synchronous: never waits."""
         if source.streams_whole:
-            return  # the stream brings every block anyway
-        for planned in runs(indices, self._blocks_per_request):
-            # Checked again per run: while an earlier run was fetched, others may have taken some blocks.
-            fresh = [i for i in planned if not self.is_cached_or_in_flight(source, i)]
-            for run in runs(fresh, self._blocks_per_request):
-                pending = {index: self._register(source, index) for index in run}
-                await self._fetch_run(source, run, pending, False)
+            return {}  # the stream brings every block anyway
+        return {
+            index: self._register(source, index) for index in indices if not self.is_cached_or_in_flight(source, index)
+        }
+
+    async def fetch_reserved(self, source: RangeSource, pending: dict[int, PendingBlock]) -> None:
+        """Fetch reserved blocks in this task (cancelling it cancels the fetch); see ``abandon``."""
+        for run in runs(sorted(pending), self._blocks_per_request):
+            await self._fetch_run(source, run, pending, False)
+
+    def abandon(self, source: RangeSource, pending: dict[int, PendingBlock]) -> None:
+        """Complete reserved blocks that were not fetched: readers that joined them fetch them themselves."""
+        for index, block in pending.items():
+            if not block.done.is_set():
+                self._complete(source, range(index, index + 1), pending, None, FetchAborted("prefetch cancelled"))
 
     def _start_stream(self, source: RangeSource) -> None:
         if source.object_id in self._streaming:
@@ -204,7 +212,7 @@ class BlockStore:
         self._streaming.add(source.object_id)
         self._nursery.start_soon(self._run_stream, source, pending)
 
-    async def _run_stream(self, source: RangeSource, pending: dict[int, _PendingBlock]) -> None:
+    async def _run_stream(self, source: RangeSource, pending: dict[int, PendingBlock]) -> None:
         """Read the whole file once, completing each registered block as the stream passes it."""
         total = block_count(source.size, self.block_size)
         buffer = bytearray()
@@ -241,8 +249,8 @@ class BlockStore:
             for left in sorted(pending):
                 self._complete(source, range(left, left + 1), pending, None, error)
 
-    def _register(self, source: RangeSource, index: int) -> _PendingBlock:
-        pending = _PendingBlock()
+    def _register(self, source: RangeSource, index: int) -> PendingBlock:
+        pending = PendingBlock()
         self._in_flight[(source.object_id, index)] = pending
         return pending
 
@@ -250,7 +258,7 @@ class BlockStore:
         key = (source.object_id, index)
         return key in self._in_flight or key in self._hot or self.cache.contains(source.object_id, index)
 
-    async def _wait(self, piece: bytes | _PendingBlock, lo: int, hi: int) -> bytes:
+    async def _wait(self, piece: bytes | PendingBlock, lo: int, hi: int) -> bytes:
         if isinstance(piece, bytes):
             return piece
         await piece.done.wait()
@@ -259,9 +267,7 @@ class BlockStore:
         assert piece.data is not None
         return bytes(piece.data[lo:hi])
 
-    async def _fetch_run(
-        self, source: RangeSource, run: range, pending: dict[int, _PendingBlock], demand: bool
-    ) -> None:
+    async def _fetch_run(self, source: RangeSource, run: range, pending: dict[int, PendingBlock], demand: bool) -> None:
         wanted = run_bytes(run, self.block_size, source.size)
         log.debug("fetch blocks %d-%d (%s)", run.start, run.stop - 1, "demand" if demand else "prefetch")
         self.stats.requests += 1
@@ -286,7 +292,7 @@ class BlockStore:
         self,
         source: RangeSource,
         run: range,
-        pending: dict[int, _PendingBlock],
+        pending: dict[int, PendingBlock],
         data: memoryview | None,
         error: BaseException,
     ) -> None:

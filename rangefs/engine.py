@@ -234,7 +234,7 @@ class FileEngine:
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer only at end of file) of the version opened."""
         opened = self._handles[handle]
-        decision = opened.pattern.on_read(offset, size)
+        decision = opened.pattern.on_read(offset, size, trio.current_time())
         if log.isEnabledFor(logging.DEBUG):
             log.debug("read %d+%d of %s: %s", offset, size, opened.file.url, decision)
         if self.prefetcher is not None:

@@ -103,3 +103,37 @@ def test_oldest_stream_is_dropped_and_reported() -> None:
     assert pattern.on_read(50 * MiB, 4096).dropped_streams == ()
     assert pattern.on_read(90 * MiB, 4096).dropped_streams == (1,)
     assert pattern.stream_ids == [2, 3]
+
+
+@given(rate_kib=st.integers(64, 4096), read_size=st.sampled_from([32 * KiB, 128 * KiB]))
+def test_slow_readers_keep_about_a_second_ahead(rate_kib: int, read_size: int) -> None:
+    # A reader consuming rate_kib KiB/s (a video player) for 30 s.
+    pattern = AccessPattern(CONFIG, 1024 * MiB)
+    rate = rate_kib * KiB
+    for number in range(int(30 * rate / read_size)):
+        offset = number * read_size
+        decision = pattern.on_read(offset, read_size, now=offset / rate)
+        if decision.prefetch:
+            ahead = decision.prefetch.stop - (offset + read_size)
+            assert ahead <= max(MiB, rate) + 2 * MiB, "no more than a second of consumption (plus rounding)"
+
+
+def test_fast_readers_reach_the_full_window() -> None:
+    pattern = AccessPattern(CONFIG, 1024 * MiB)
+    furthest = 0
+    for number in range(600):  # 600 MiB at 300 MiB/s
+        offset = number * MiB
+        decision = pattern.on_read(offset, MiB, now=offset / (300 * MiB))
+        if decision.prefetch:
+            furthest = max(furthest, decision.prefetch.stop - offset - MiB)
+    assert furthest >= CONFIG.max_window - CONFIG.request_size
+
+
+@given(gaps=st.lists(st.integers(16 * KiB, 4 * MiB), min_size=1, max_size=300))
+def test_sparse_increasing_reads_prefetch_nothing(gaps: list[int]) -> None:
+    # SQLite walking a B-tree: 4 KiB pages in increasing order with gaps between them.
+    pattern = AccessPattern(CONFIG, 2048 * MiB)
+    offset = 0
+    for gap in gaps:
+        assert pattern.on_read(offset, 4 * KiB, now=offset / MiB).prefetch is None
+        offset += 4 * KiB + gap

@@ -10,9 +10,15 @@ it has earned (its *window*) and how far it has already been prefetched.
   continues it: the kernel may have several reads in flight and answer order is not request order.
 - Any other read starts a new stream. A stream that is not confirmed earns no readahead, so a reader that
   jumps around (a zip listing, SQLite pages, a video seek) fetches only the blocks it reads.
-- After ``confirm_reads`` in-order reads covering at least ``confirm_bytes`` the stream keeps its window
-  prefetched ahead of its end. (A player decoding one frame after a seek reads a few hundred KiB in order:
-  that alone must not start readahead.) The window
+- After ``confirm_reads`` in-order reads of at least ``confirm_bytes`` together, the stream keeps its window
+  prefetched ahead of its end, as long as it reads at least half of the bytes it passes over. (A player
+  decoding one frame after a seek reads a few hundred KiB in order; SQLite walking a B-tree reads 4 KiB pages
+  in increasing order with megabytes between them: neither is a stream worth reading ahead.)
+- The window never exceeds what the stream consumes in ``rate_horizon`` seconds (at least one block): ``cat``
+  reading hundreds of MiB/s reaches ``max_window`` at once, a video player reading 0.6 MiB/s keeps a few MiB
+  ahead instead of 64 MiB that a seek would throw away. The rate is measured over the stream's life, and over
+  no less than one horizon, so an opening burst does not count as a fast reader. Callers pass the time (``now``);
+  without it the window is not rate-limited. The window
   starts at one block and doubles each time a prefetch is issued, up to ``max_window``. Prefetches are whole
   multiples of ``request_size`` (while the window is smaller than that, whatever it allows), so a streaming
   reader causes a steady series of equal, large requests rather than a tail of small ones.
@@ -49,6 +55,8 @@ class ReadaheadConfig:
     confirm_bytes: int = MiB
     # Concurrent streams per open file: a video player reads video and audio at two offsets, some formats more.
     max_streams: int = 8
+    # Seconds of the stream's own consumption the window may hold (see above).
+    rate_horizon: float = 1.0
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.max_window < 0 or self.max_streams < 1 or self.confirm_reads < 0:
@@ -79,6 +87,8 @@ class _Stream:
     end: int
     prefetched_until: int
     last_used: int
+    started_at: float | None
+    read_bytes: int = 0
     in_order_reads: int = 0
     window: int = 0
 
@@ -111,8 +121,9 @@ class AccessPattern:
     def stream_ids(self) -> list[int]:
         return [stream.stream_id for stream in self._streams]
 
-    def on_read(self, offset: int, size: int) -> Decision:
-        """Record a read of ``size`` bytes at ``offset``; say what to prefetch and which streams were dropped."""
+    def on_read(self, offset: int, size: int, now: float | None = None) -> Decision:
+        """Record a read of ``size`` bytes at ``offset`` at time ``now`` (seconds, any monotonic clock); say
+        what to prefetch and which streams were dropped."""
         end = min(offset + size, self.file_size)
         if size <= 0 or offset >= self.file_size:
             return Decision()
@@ -120,13 +131,14 @@ class AccessPattern:
         self.stats.reads += 1
         stream = self._stream_continued_by(offset)
         if stream is None:
-            return Decision(dropped_streams=self._start_stream(offset, end))
+            return Decision(dropped_streams=self._start_stream(offset, end, now))
         stream.last_used = self._clock
         if offset <= stream.end + self.config.block_size:
             stream.in_order_reads += 1
         stream.end = max(stream.end, end)
+        stream.read_bytes += end - offset
         stream.prefetched_until = max(stream.prefetched_until, self._block_ceiling(end))
-        return Decision(prefetch=self._prefetch_for(stream))
+        return Decision(prefetch=self._prefetch_for(stream, now))
 
     def _stream_continued_by(self, offset: int) -> _Stream | None:
         best: _Stream | None = None
@@ -139,10 +151,12 @@ class AccessPattern:
                 best = stream
         return best
 
-    def _start_stream(self, offset: int, end: int) -> tuple[int, ...]:
+    def _start_stream(self, offset: int, end: int, now: float | None) -> tuple[int, ...]:
         self.stats.streams_created += 1
         # The demand read fetches whole blocks: count them as already fetched for this stream.
-        stream = _Stream(self.stats.streams_created, offset, end, self._block_ceiling(end), self._clock)
+        stream = _Stream(
+            self.stats.streams_created, offset, end, self._block_ceiling(end), self._clock, now, end - offset
+        )
         self._streams.append(stream)
         dropped: list[int] = []
         while len(self._streams) > self.config.max_streams:
@@ -152,22 +166,30 @@ class AccessPattern:
         self.stats.streams_dropped += len(dropped)
         return tuple(dropped)
 
-    def _prefetch_for(self, stream: _Stream) -> Prefetch | None:
+    def _window_cap(self, stream: _Stream, now: float | None) -> int:
+        if now is None or stream.started_at is None:
+            return self.config.max_window
+        elapsed = max(now - stream.started_at, self.config.rate_horizon)
+        per_horizon = stream.read_bytes * self.config.rate_horizon / elapsed
+        return max(self.config.block_size, min(self.config.max_window, int(per_horizon)))
+
+    def _prefetch_for(self, stream: _Stream, now: float | None) -> Prefetch | None:
         if stream.in_order_reads < self.config.confirm_reads or self.config.max_window == 0:
             return None
-        if stream.end - stream.start < self.config.confirm_bytes:
-            return None
+        if stream.read_bytes < self.config.confirm_bytes or 2 * stream.read_bytes < stream.end - stream.start:
+            return None  # too little read, or too sparsely
         if stream.window == 0:
             stream.window = min(self.config.block_size, self.config.max_window)
         start = stream.prefetched_until
-        target = min(self._block_ceiling(stream.end + stream.window), self.file_size)
+        window = min(stream.window, self._window_cap(stream, now))
+        target = min(self._block_ceiling(stream.end + window), self.file_size)
         gap = target - start
         if gap <= 0:
             return None
         unit = self.config.request_size
         if gap >= unit and target < self.file_size:
             stop = start + gap // unit * unit
-        elif gap >= min(unit, stream.window // 2) or target == self.file_size:
+        elif gap >= min(unit, window // 2) or target == self.file_size:
             stop = target
         else:
             return None  # wait until a whole request's worth is missing

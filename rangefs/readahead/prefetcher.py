@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from rangefs.blocks import BlockStore, RangeSource
+from rangefs.blocks import BlockStore, PendingBlock, RangeSource
 from rangefs.errors import RangefsError
 from rangefs.readahead.budget import ByteBudget
 from rangefs.readahead.formats import Planner
@@ -56,10 +56,12 @@ class Prefetcher:
         """Start fetching the decision's blocks that are neither cached nor in flight (never waits)."""
         block_size = self.store.block_size
         wanted = range(prefetch.start // block_size, -(-prefetch.stop // block_size))
-        missing = [index for index in wanted if not self.store.is_cached_or_in_flight(source, index)]
-        self.stats.blocks_skipped += len(wanted) - len(missing)
-        for first in range(0, len(missing), self._blocks_per_part):
-            part = missing[first : first + self._blocks_per_part]
+        # Reserved now, not when each part starts: a reader arriving meanwhile joins instead of fetching.
+        reserved = self.store.reserve(source, list(wanted))
+        self.stats.blocks_skipped += len(wanted) - len(reserved)
+        indices = sorted(reserved)
+        for first in range(0, len(indices), self._blocks_per_part):
+            part = {index: reserved[index] for index in indices[first : first + self._blocks_per_part]}
             self._nursery.start_soon(self._fetch_part, source, (handle, prefetch.stream_id), part)
 
     def plan_index(self, source: RangeSource, planner: Planner) -> None:
@@ -86,15 +88,16 @@ class Prefetcher:
                 scope.cancel()
                 self.stats.parts_cancelled += 1
 
-    async def _fetch_part(self, source: RangeSource, key: StreamKey, indices: list[int]) -> None:
-        size = len(indices) * self.store.block_size
+    async def _fetch_part(self, source: RangeSource, key: StreamKey, part: dict[int, PendingBlock]) -> None:
+        size = len(part) * self.store.block_size
         with trio.CancelScope() as scope:
             self._scopes[key].add(scope)
             try:
                 async with self.budget.hold(size):
                     self.stats.parts_started += 1
-                    await self.store.fetch_blocks(source, indices)
+                    await self.store.fetch_reserved(source, part)
             finally:
+                self.store.abandon(source, part)
                 scopes = self._scopes.get(key)
                 if scopes is not None:
                     scopes.discard(scope)
