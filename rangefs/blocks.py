@@ -10,6 +10,10 @@ after readahead brought it, and taking it from memory saves reopening, re-readin
 just written (measured: 300-500 of 512 blocks of a cold `cat` were read back that way). The cache files are
 written by a worker thread, off the event loop; until a block is on disk the LRU serves it.
 
+A small read that starts a new access stream (a random read: a SQLite page, a zip signature check) asks for
+``sparse``: only the 64 KiB chunks it touches are fetched, not the whole block, and cached as pieces of their
+own. At 20 MiB/s per connection that is 3 ms of transfer instead of 50 ms for a 1 MiB block.
+
 A source whose server ignores ranges (``streams_whole``) is instead streamed once, in order, from the start of
 the file: every block not yet cached is registered as in flight at once, and each is completed as the stream
 passes it, so readers anywhere in the file wait for the one stream.
@@ -26,7 +30,7 @@ from typing import Protocol
 
 import trio
 
-from rangefs.cache import BlockCache
+from rangefs.cache import CHUNK_SIZE, BlockCache, chunk_key
 from rangefs.errors import InvalidResponse, RangefsError
 from rangefs.ranges import ByteRange, block_count, block_range, blocks_covering, clamp_read, run_bytes, runs
 
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # A read retries when a fetch it joined was cancelled; more than a couple in a row means the mount is stopping.
 _READ_ATTEMPTS = 3
+# Reads at most this large that are not part of a sequential stream are read sparsely (only their chunks).
+_SPARSE_READ = 32 * 1024
 
 
 class RangeSource(Protocol):
@@ -113,10 +119,14 @@ class BlockStore:
     def statistics(self) -> StoreStatistics:
         return self.stats
 
-    async def read(self, source: RangeSource, offset: int, size: int) -> bytes:
-        """The bytes of ``source`` at ``offset``: ``size`` of them, fewer only at end of file."""
+    async def read(self, source: RangeSource, offset: int, size: int, *, sparse: bool = False) -> bytes:
+        """The bytes of ``source`` at ``offset``: ``size`` of them, fewer only at end of file.
+
+        ``sparse``: a random read; fetch only the chunks it touches of blocks that are not cached."""
         for attempt in range(_READ_ATTEMPTS):
             try:
+                if sparse and not source.streams_whole and size <= _SPARSE_READ:
+                    return await self._read_sparse(source, offset, size)
                 return await self._read_once(source, offset, size)
             except FetchAborted:
                 # A prefetch this read had joined was cancelled (its stream was abandoned): fetch it ourselves.
@@ -162,6 +172,84 @@ class BlockStore:
         result = [await self._wait(piece, lo, hi) for piece, (lo, hi) in zip(ready, slices, strict=True)]
         self.stats.bytes_served += wanted.length
         return b"".join(result)
+
+    async def _read_sparse(self, source: RangeSource, offset: int, size: int) -> bytes:
+        """A small random read: whole blocks when they are at hand, else just the chunks it needs."""
+        wanted = clamp_read(offset, size, source.size)
+        covering = blocks_covering(wanted, self.block_size)
+        if wanted.length == 0 or any(self._block_at_hand(source, index) for index in covering):
+            return await self._read_once(source, offset, size)
+        parts: list[tuple[bytes | PendingBlock, int, int]] = []  # in file order: data, or a chunk to wait for
+        # No await until every missing chunk is registered (as in _read_once).
+        for index in covering:
+            block = block_range(index, self.block_size, source.size)
+            missing: dict[int, PendingBlock] = {}
+            for chunk in range((max(wanted.start, block.start) - block.start) // CHUNK_SIZE,
+                               (min(wanted.stop, block.stop) - block.start - 1) // CHUNK_SIZE + 1):  # fmt: skip
+                start = block.start + chunk * CHUNK_SIZE
+                length = min(CHUNK_SIZE, block.stop - start)
+                lo, hi = max(wanted.start, start) - start, min(wanted.stop, start + length) - start
+                key = chunk_key(index, chunk)
+                pending = self._in_flight.get((source.object_id, key))
+                hot = self._hot.get((source.object_id, key))
+                if pending is None and hot is not None:
+                    parts.append((bytes(hot[lo:hi]), lo, hi))
+                    continue
+                data = None if pending is not None else self.cache.read(source.object_id, key, length, lo, hi - lo)
+                if data is not None:
+                    parts.append((data, lo, hi))
+                    continue
+                if pending is None:
+                    pending = missing[chunk] = self._register(source, key)
+                parts.append((pending, lo, hi))
+            for run in runs(sorted(missing), len(missing) or 1):
+                self._nursery.start_soon(self._fetch_chunks, source, index, run, {c: missing[c] for c in run})
+        result = [await self._wait(piece, lo, hi) for piece, lo, hi in parts]
+        self.stats.bytes_served += wanted.length
+        return b"".join(result)
+
+    def _block_at_hand(self, source: RangeSource, index: int) -> bool:
+        key = (source.object_id, index)
+        return key in self._in_flight or key in self._hot or self.cache.contains(source.object_id, index)
+
+    async def _fetch_chunks(
+        self, source: RangeSource, index: int, chunks: range, pending: dict[int, PendingBlock]
+    ) -> None:
+        """Fetch some chunks of one block in one request; they are cached as pieces of their own."""
+        block = block_range(index, self.block_size, source.size)
+        wanted = ByteRange(
+            block.start + chunks.start * CHUNK_SIZE, min(block.start + chunks.stop * CHUNK_SIZE, block.stop)
+        )
+        self.stats.requests += 1
+        self.stats.bytes_in_flight += wanted.length
+        data: memoryview | None = None
+        error: BaseException = FetchAborted(f"fetch of {wanted.header_value()} was cancelled")
+        try:
+            data = memoryview(await source.fetch(wanted, demand=True))
+            self.stats.bytes_fetched += wanted.length
+        except RangefsError as failure:
+            error = failure
+            self.stats.fetch_errors += 1
+        except Exception as failure:  # a bug must fail the readers, not the whole mount
+            log.exception("unexpected error fetching %s of %s", wanted.header_value(), source.describe())
+            error = failure
+            self.stats.fetch_errors += 1
+        finally:
+            self.stats.bytes_in_flight -= wanted.length
+            fetched: list[tuple[int, memoryview]] = []
+            for chunk in chunks:
+                key, piece = chunk_key(index, chunk), pending[chunk]
+                if data is not None:
+                    start = (chunk - chunks.start) * CHUNK_SIZE
+                    piece.data = data[start : start + CHUNK_SIZE]
+                    self._remember((source.object_id, key), piece.data)
+                    fetched.append((key, piece.data))
+                else:
+                    piece.error = error
+                del self._in_flight[(source.object_id, key)]
+                piece.done.set()
+            if fetched and self.cache.accepts_writes():
+                self._nursery.start_soon(self._persist, source, fetched)
 
     def start_fetches(self, source: RangeSource, indices: list[int], *, demand: bool) -> dict[int, PendingBlock]:
         """Start fetching the given blocks (sorted) in the service nursery, joining those already in flight.

@@ -243,7 +243,7 @@ class FileEngine:
             if decision.prefetch is not None:
                 self.prefetcher.submit(opened.version, handle, decision.prefetch)
         try:
-            return await self.store.read(opened.version, offset, size)
+            return await self.store.read(opened.version, offset, size, sparse=decision.random_access)
         except RemoteChanged:
             opened.file.stale = True
             raise

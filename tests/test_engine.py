@@ -41,6 +41,7 @@ def test_engine_reads_without_fuse(origin: Origin, tmp_path: Path) -> None:
     reads = [(0, 10), (5, MiB), (MiB - 3, 2 * MiB), (3 * MiB, 100), (3 * MiB + 7, 5)]
     results, stats = trio.run(_read_through_engine, url, tmp_path, reads)
     assert results == [data[offset : offset + size] for offset, size in reads]
-    # Single flight: four blocks, each fetched once although several readers wanted it at the same time.
-    assert stats.blocks_fetched == 4  # type: ignore[attr-defined]
-    assert origin.bytes_sent_for("/engine.bin") == len(data)
+    # Single flight: each of the four blocks fetched at most once although several readers wanted it at the
+    # same time; small reads that look random fetch only their 64 KiB chunk.
+    assert stats.blocks_fetched <= 4  # type: ignore[attr-defined]
+    assert origin.bytes_sent_for("/engine.bin") <= len(data) + 2 * 64 * 1024

@@ -13,6 +13,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -117,8 +118,15 @@ def test_zip_listing_costs_two_requests_cold_and_none_warm(  # noqa: PLR0917 - f
             # the whole file: the budget is readahead's, each byte once in few large requests.
             assert sent <= len(archive)
             assert requests <= len(archive) // (8 * MiB) + 10
+        elif lister == "7z":
+            # 7z also reads the archive's first bytes to identify it: one more (64 KiB) request.
+            assert requests <= 3, [record.range for record in origin.requests_for(f"/{name}")]
+            assert sent <= directory + MiB + 2 * 64 * 1024
         else:
-            assert requests <= 2, [record.range for record in origin.requests_for(f"/{name}")]
+            # Two: the end of the archive, then its central directory. (A directory of several blocks can
+            # take one more when the tool's first directory read overtakes the prefetch.)
+            limit = 2 if directory < MiB else 3
+            assert requests <= limit, [record.range for record in origin.requests_for(f"/{name}")]
             assert sent <= directory + MiB + 64 * 1024
 
 
@@ -140,8 +148,10 @@ def test_zip_member_costs_its_compressed_size_plus_a_block(
             assert extracted == reference.read(member)
             settle(origin)
             requests, sent = costs.since()
-            assert requests <= 2
-            assert sent <= info.compress_size + MiB
+            # The local header and the data start as random 64 KiB chunks, the kernel's larger read after
+            # them brings the block: at most three requests and a block beyond the member's own bytes.
+            assert requests <= 3
+            assert sent <= info.compress_size + MiB + 2 * 64 * 1024
 
 
 # ---------------------------------------------------------------- video
@@ -178,8 +188,9 @@ def test_mp4_open_and_seeks_cost_a_few_requests(
         assert frame_at(path, seconds, tmp_path / "mount.png") == frame_at(local, seconds, tmp_path / "local.png")
         settle(origin)
         requests, sent = costs.since()
-        assert requests <= 2, f"seek to {seconds} s"
-        assert sent < 0.02 * len(data), f"seek to {seconds} s read {sent} bytes"
+        # The GOP a frame needs plus the kernel's 256 KiB readahead span one to three 1 MiB blocks.
+        assert requests <= 3, f"seek to {seconds} s"
+        assert sent < 0.025 * len(data), f"seek to {seconds} s read {sent} bytes"
 
 
 def test_webm_probe_and_seek(
@@ -279,15 +290,25 @@ def test_sqlite_point_lookups_cost_pages_not_file_size(
         assert sent <= requests * MiB
 
 
-def test_tar_listing_streams_and_reads_each_byte_once(
-    origin: Origin, mount_factory: MountFactory, tmp_path: Path
-) -> None:
+def test_tar_listing_and_extraction(origin: Origin, mount_factory: MountFactory, tmp_path: Path) -> None:
     need("tar")
     archive = media.make_tar(members=120, member_size=MiB - 700)
-    mounted = cold_mount(mount_factory, tmp_path, origin.add("/files.tar", archive), "tar")
-    listing = run("tar", "-tf", str(mounted.path / "files.tar")).stdout.decode().split()
-    assert len(listing) == 120
-    assert hashlib.sha256((mounted.path / "files.tar").read_bytes()).digest() == hashlib.sha256(archive).digest()
+    url = origin.add("/files.tar", archive)
+    listing = cold_mount(mount_factory, tmp_path, url, "tar-list")
+    names = run("tar", "-tf", str(listing.path / "files.tar")).stdout.decode().split()
+    assert len(names) == 120
     settle(origin)
-    assert origin.bytes_sent_for("/files.tar") <= len(archive)
-    assert len(origin.requests_for("/files.tar")) <= len(archive) // (4 * MiB) + 10
+    # GNU tar seeks over member data when listing a regular file: it reads only the 512-byte headers,
+    # each costing one 64 KiB chunk.
+    assert origin.bytes_sent_for("/files.tar") <= 120 * 2 * 64 * 1024 + MiB
+    origin.clear_log()
+    extraction = cold_mount(mount_factory, tmp_path, url, "tar-extract")
+    extracted = run("tar", "-xOf", str(extraction.path / "files.tar")).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as reference:
+        expected = b"".join(reference.extractfile(member).read() for member in reference.getmembers())  # type: ignore[union-attr]
+    assert hashlib.sha256(extracted).digest() == hashlib.sha256(expected).digest()
+    settle(origin)
+    # Extracting reads straight through: readahead streams it, each byte once (but for the first 64 KiB,
+    # fetched alone while the first read still looked random), in few large requests.
+    assert origin.bytes_sent_for("/files.tar") <= len(archive) + 64 * 1024
+    assert len(origin.requests_for("/files.tar")) <= len(archive) // (8 * MiB) + 10

@@ -40,6 +40,28 @@ log = logging.getLogger(__name__)
 _RETRY_WRITES_AFTER = 30.0
 # Space is accounted in filesystem blocks, as du counts it.
 _DISK_BLOCK = 4096
+# A piece of a block (one 64 KiB chunk, fetched alone for a small random read) is stored under a negative
+# index: -(block * _CHUNKS_PER_BLOCK + chunk) - 1, in a file named "BLOCK@CHUNK". Blocks hold at most 1,024.
+_CHUNKS_PER_BLOCK = 1024
+
+
+def chunk_key(block: int, chunk: int) -> int:
+    """The cache index of one chunk of a block, stored apart from the whole block."""
+    return -(block * _CHUNKS_PER_BLOCK + chunk) - 1
+
+
+def _piece_name(index: int) -> str:
+    if index >= 0:
+        return str(index)
+    block, chunk = divmod(-index - 1, _CHUNKS_PER_BLOCK)
+    return f"{block}@{chunk}"
+
+
+def _piece_index(name: str) -> int | None:
+    if name.isdigit():
+        return int(name)
+    block, at, chunk = name.partition("@")
+    return chunk_key(int(block), int(chunk)) if at and block.isdigit() and chunk.isdigit() else None
 
 
 @dataclass
@@ -115,9 +137,10 @@ class BlockCache:
                 if not obj.is_dir():
                     continue
                 for entry in os.scandir(obj.path):
-                    if entry.name.isdigit():
+                    index = _piece_index(entry.name)
+                    if index is not None:
                         info = entry.stat()
-                        found[(obj.name, int(entry.name))] = (disk_size(info.st_size), info.st_mtime)
+                        found[(obj.name, index)] = (disk_size(info.st_size), info.st_mtime)
                     elif entry.name.endswith(".tmp") and not _writer_alive(entry.name):
                         with contextlib.suppress(OSError):
                             os.unlink(entry.path)
@@ -127,7 +150,7 @@ class BlockCache:
         return self._blocks_dir / object_id[:2] / object_id
 
     def _block_path(self, key: BlockKey) -> Path:
-        return self._object_dir(key[0]) / str(key[1])
+        return self._object_dir(key[0]) / _piece_name(key[1])
 
     def read(self, object_id: str, index: int, block_length: int, offset: int, length: int) -> bytes | None:
         """``length`` bytes at ``offset`` inside a cached block, or None if it is not (validly) cached."""
@@ -199,9 +222,10 @@ class BlockCache:
         written: dict[int, int] = {}
         directory = str(self._object_dir(object_id))
         for index, data in blocks:
-            path = f"{directory}/{index}"
+            name = _piece_name(index)
+            path = f"{directory}/{name}"
             # Unique without a syscall: pid for other processes, a counter for this one's threads.
-            temporary = f"{directory}/.{index}.{os.getpid()}.{next(self._temporary_names)}.tmp"
+            temporary = f"{directory}/.{name}.{os.getpid()}.{next(self._temporary_names)}.tmp"
             header = blockfile.encode_header(data)
             try:
                 _write_atomically(path, temporary, header, data)

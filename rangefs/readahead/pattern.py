@@ -78,6 +78,8 @@ class Prefetch:
 class Decision:
     prefetch: Prefetch | None = None
     dropped_streams: tuple[int, ...] = ()
+    # The read is not (yet) part of a sequential stream: as far as anyone knows, a random access.
+    random_access: bool = False
 
 
 @dataclass(slots=True)
@@ -131,14 +133,14 @@ class AccessPattern:
         self.stats.reads += 1
         stream = self._stream_continued_by(offset)
         if stream is None:
-            return Decision(dropped_streams=self._start_stream(offset, end, now))
+            return Decision(dropped_streams=self._start_stream(offset, end, now), random_access=True)
         stream.last_used = self._clock
         if offset <= stream.end + self.config.block_size:
             stream.in_order_reads += 1
         stream.end = max(stream.end, end)
         stream.read_bytes += end - offset
         stream.prefetched_until = max(stream.prefetched_until, self._block_ceiling(end))
-        return Decision(prefetch=self._prefetch_for(stream, now))
+        return Decision(prefetch=self._prefetch_for(stream, now), random_access=not self._is_sequential(stream))
 
     def _stream_continued_by(self, offset: int) -> _Stream | None:
         best: _Stream | None = None
@@ -166,6 +168,14 @@ class AccessPattern:
         self.stats.streams_dropped += len(dropped)
         return tuple(dropped)
 
+    def _is_sequential(self, stream: _Stream) -> bool:
+        """Confirmed: enough in-order reads, enough bytes, and dense (not a sparse walk through the file)."""
+        return (
+            stream.in_order_reads >= self.config.confirm_reads
+            and stream.read_bytes >= self.config.confirm_bytes
+            and 2 * stream.read_bytes >= stream.end - stream.start
+        )
+
     def _window_cap(self, stream: _Stream, now: float | None) -> int:
         if now is None or stream.started_at is None:
             return self.config.max_window
@@ -174,10 +184,8 @@ class AccessPattern:
         return max(self.config.block_size, min(self.config.max_window, int(per_horizon)))
 
     def _prefetch_for(self, stream: _Stream, now: float | None) -> Prefetch | None:
-        if stream.in_order_reads < self.config.confirm_reads or self.config.max_window == 0:
+        if not self._is_sequential(stream) or self.config.max_window == 0:
             return None
-        if stream.read_bytes < self.config.confirm_bytes or 2 * stream.read_bytes < stream.end - stream.start:
-            return None  # too little read, or too sparsely
         if stream.window == 0:
             stream.window = min(self.config.block_size, self.config.max_window)
         start = stream.prefetched_until

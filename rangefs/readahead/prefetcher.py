@@ -67,6 +67,13 @@ class Prefetcher:
     def plan_index(self, source: RangeSource, planner: Planner) -> None:
         """Fetch the index structures a format planner finds (zip directory, MP4 moov), in the background."""
         self.stats.index_plans += 1
+        first = planner.next_range()
+        if first is not None and first.length:
+            # Registered before the open returns, so the tool's own first read joins this fetch.
+            block_size = self.store.block_size
+            self.store.start_fetches(
+                source, list(range(first.start // block_size, -(-first.stop // block_size))), demand=True
+            )
         self._nursery.start_soon(self._run_plan, source, planner)
 
     async def _run_plan(self, source: RangeSource, planner: Planner) -> None:
