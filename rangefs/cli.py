@@ -8,6 +8,7 @@ returns only once the child reports the mount live (exit 0) or reports why it co
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -162,8 +163,14 @@ def _setup_logging(args: argparse.Namespace, log_file: Path | None) -> None:
     logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
 
 
+def _check_http2(wanted: bool) -> None:
+    if wanted and importlib.util.find_spec("h2") is None:
+        raise UsageError("--http2 needs the h2 package: pip install 'rangefs[http2]'")
+
+
 def _settings(args: argparse.Namespace) -> MountSettings:
     options = frozenset(option for group in args.fuse_options for option in group.split(",") if option)
+    _check_http2(args.http2)
     kernel_readahead = parse_size(args.kernel_readahead)
     return MountSettings(
         cache_dir=(args.cache_dir or default_cache_dir()).absolute(),
