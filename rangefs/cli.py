@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -202,6 +203,10 @@ def _mount(args: argparse.Namespace) -> int:
     _setup_logging(args, args.log_file)
     if args.pid_file:
         args.pid_file.write_text(f"{os.getpid()}\n")
+    # While mounted, mount.serve turns these signals into a clean unmount. Outside it (trio's start-up and
+    # shut-down, removing the pid file) one must not kill the process half-way: ignore them there.
+    stopping_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stopping_signals}
     try:
         trio.run(_serve_and_report, entries, args, settings)
     except (MountError, BaseExceptionGroup) as raised:
@@ -211,6 +216,8 @@ def _mount(args: argparse.Namespace) -> int:
     finally:
         if args.pid_file:
             args.pid_file.unlink(missing_ok=True)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 

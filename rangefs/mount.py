@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pyfuse3
@@ -70,21 +70,28 @@ async def serve(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount, serve until unmounted or signalled, unmount."""
-    cache = BlockCache(settings.cache_dir, size_limit=settings.cache_size)
-    problem = cache.open()
-    if problem:
-        log.warning("%s", problem)
-    try:
-        await _serve_with_cache(entries, mountpoint, settings, cache, task_status)
-    finally:
-        cache.close()
+    # Signals are ours from here to the very end: one arriving during the clean-up after an unmount must not
+    # kill the process half-way (the default action) and leave the pid file and the cache index behind.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        cache = BlockCache(settings.cache_dir, size_limit=settings.cache_size)
+        problem = cache.open()
+        if problem:
+            log.warning("%s", problem)
+        try:
+            await _serve_with_cache(
+                entries, mountpoint, settings, cache=cache, signals=signals, task_status=task_status
+            )
+        finally:
+            cache.close()
 
 
 async def _serve_with_cache(
     entries: Sequence[Entry],
     mountpoint: Path,
     settings: MountSettings,
+    *,
     cache: BlockCache,
+    signals: AsyncIterator[int],
     task_status: trio.TaskStatus[None],
 ) -> None:
     async with (
@@ -140,7 +147,7 @@ async def _serve_with_cache(
         try:
             async with trio.open_nursery() as fuse_nursery:
                 fuse_nursery.start_soon(_serve_requests, fuse_nursery.cancel_scope)
-                fuse_nursery.start_soon(_terminate_on_signals)
+                fuse_nursery.start_soon(_terminate_on_signals, signals)
                 await _wait_until_serving(mountpoint)
                 # Only now: the kernel's INIT exchange clamps read_ahead_kb to what libfuse negotiated.
                 applied = kernel.tune(mountpoint, readahead_bytes=settings.kernel_readahead, max_background=64)
@@ -166,9 +173,8 @@ async def _wait_until_serving(mountpoint: Path) -> None:
         raise MountError(f"{mountpoint} was mounted but did not answer within {_SERVING_TIMEOUT:.0f} s") from None
 
 
-async def _terminate_on_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("received %s, unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            return
+async def _terminate_on_signals(signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        log.info("received %s, unmounting", signal.Signals(signum).name)
+        pyfuse3.terminate()
+        return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -183,3 +184,31 @@ def test_umount_of_something_not_mounted_says_so(tmp_path: Path) -> None:
     result = _run("umount", str(tmp_path))
     assert result.returncode == 1
     assert "cannot unmount" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly_and_removes_the_pid_file(origin: Origin, tmp_path: Path, signum: int) -> None:
+    url = origin.add("/sig.bin", b"signals")
+    urls, mountpoint, pid_file = tmp_path / "urls.txt", tmp_path / "mnt", tmp_path / "pid"
+    urls.write_text(url + "\n")
+    mountpoint.mkdir()
+    command = rangefs_command(
+        "mount", str(urls), str(mountpoint), "--foreground", "--cache-dir", str(tmp_path / "cache"),
+        "--pid-file", str(pid_file), "--log-file", str(tmp_path / "log"),
+    )  # fmt: skip
+    daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not is_mounted(mountpoint) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (mountpoint / "sig.bin").read_bytes() == b"signals"
+        daemon.send_signal(signum)
+        assert daemon.wait(timeout=15) == 0
+        assert not is_mounted(mountpoint)
+        assert not pid_file.exists()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=10)
+        if is_mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
