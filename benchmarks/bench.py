@@ -1,7 +1,7 @@
 """Benchmark rangefs against curl, aria2c, rclone mount and httpdirfs, over loopback and an emulated WAN.
 
-    .venv/bin/python benchmarks/bench.py [--size 512M] [--profiles loopback,wan]
-        [--tools rangefs,curl,aria2c,rclone,httpdirfs] [--out benchmarks/results/latest.md]
+    .venv/bin/python benchmarks/bench.py [--scenarios sequential,random,tools|all] [--size 512M]
+        [--profiles loopback,wan] [--tools rangefs,curl,aria2c,rclone,httpdirfs] [--out FILE]
 
 Installs nothing: benchmarks/setup.sh installs the tools (see benchmarks/README.md). Needs root for
 drop_caches and kernel readahead tuning. Only 127.0.0.1 is used. Prints a markdown report and writes it to
@@ -25,11 +25,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchlib import origin, procs, report, scenarios, tools
+from benchlib import origin, procs, realtools, report, scenarios, tools
 from benchlib.results import MiB, Run, Step, ToolResult
 
 HERE = Path(__file__).resolve().parent
 PROFILES = ("loopback", "wan")
+SCENARIOS = ("sequential", "random", "tools")
+DEFAULT_SCENARIOS = ("sequential", "random")  # tools is added with --scenarios (or all)
 _SIZE = re.compile(r"^(\d+)([KMG]?)(?:i?B)?$", re.IGNORECASE)
 
 
@@ -43,12 +45,14 @@ def parse_size(text: str) -> int:
     return size
 
 
-def parse_list(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+def parse_list(allowed: tuple[str, ...], *, all_word: bool = False) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         chosen = [item.strip() for item in text.split(",") if item.strip()]
+        if all_word and chosen == ["all"]:
+            return list(allowed)
         unknown = [item for item in chosen if item not in allowed]
         if unknown or not chosen:
-            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)}")
+            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)}" + (" or all" if all_word else ""))
         return [item for item in allowed if item in chosen]  # canonical order: curl before the others
 
     return parse
@@ -56,12 +60,20 @@ def parse_list(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--scenarios",
+        type=parse_list(SCENARIOS, all_word=True),
+        default=list(DEFAULT_SCENARIOS),
+        help="sequential,random,tools or all (default sequential,random)",
+    )
     parser.add_argument("--size", type=parse_size, default=parse_size("512M"), help="test file size (default 512M)")
     parser.add_argument("--profiles", type=parse_list(PROFILES), default=list(PROFILES), help="loopback,wan")
     parser.add_argument(
         "--tools", type=parse_list(tools.ALL_TOOLS), default=list(tools.ALL_TOOLS), help=",".join(tools.ALL_TOOLS)
     )
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.md", help="markdown report file")
+    parser.add_argument(
+        "--out", type=Path, help="markdown report file (default results/latest.md; tools only: results/tools/latest.md)"
+    )
     parser.add_argument("--rtt-ms", type=float, default=40.0, help="round-trip time of the wan profile (40)")
     parser.add_argument("--wan-rate", default="20m", help="nginx limit_rate per connection in the wan profile (20m)")
     parser.add_argument("--random-reads", type=int, default=200, help="4 KiB random reads per run (200)")
@@ -71,12 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, help="parent of the temporary directory (default: the system's)")
     parser.add_argument("--rangefs-args", default="", help="extra rangefs mount arguments, e.g. '--connections 16'")
     parser.add_argument("--py-spy", type=Path, help="record rangefs's loopback cold read with py-spy (raw format)")
+    parser.add_argument("--tool-timeout", type=float, default=90.0, help="seconds for one tools-scenario command (90)")
+    parser.add_argument(
+        "--prefetch-repeats", type=int, default=3, help="runs of each command with format prefetch on and off (3)"
+    )
     return parser
 
 
-def missing_requirements(chosen: list[str]) -> list[str]:
+def throughput(scenarios_chosen: list[str]) -> bool:
+    """Whether the run reads the big test file (the sequential or random scenario)."""
+    return "sequential" in scenarios_chosen or "random" in scenarios_chosen
+
+
+def default_out(scenarios_chosen: list[str]) -> Path:
+    """A tools-only run reports to its own folder, so that it does not replace the throughput report."""
+    if throughput(scenarios_chosen):
+        return HERE / "results" / "latest.md"
+    return HERE / "results" / "tools" / "latest.md"
+
+
+def missing_requirements(chosen: list[str], scenarios_chosen: list[str]) -> list[str]:
     """Commands the run cannot do without, as 'command (Debian package)'."""
-    needed = ["nginx", "dd", "cmp"]
+    needed = ["nginx", "dd", "cmp"] if throughput(scenarios_chosen) else ["nginx"]
     if any(tool in tools.FUSE_TOOLS for tool in chosen):
         needed.append("fusermount3")
     return [f"{command} (package {tools.PACKAGES[command]})" for command in needed if shutil.which(command) is None]
@@ -137,15 +165,21 @@ def _filesystem_of(path: Path) -> str:
     return best[1]
 
 
-def versions(chosen: list[str]) -> dict[str, str]:
+def versions(chosen: list[str], scenarios_chosen: list[str]) -> dict[str, str]:
     found = {"nginx": tools.version("nginx")}
     for tool in chosen:
-        found[tool] = tools.version(tool)
+        if tool not in tools.DOWNLOADERS or "sequential" in scenarios_chosen:
+            found[tool] = tools.version(tool)
+    if "tools" in scenarios_chosen:
+        found.update(realtools.program_versions())
     return found
 
 
-def run_tool(bench: scenarios.Bench, profile: origin.Profile, tool: str, base_url: str) -> ToolResult:
-    """One tool under one profile; a tool that is missing or breaks gets a row saying so."""
+def run_tool(bench: scenarios.Bench, profile: origin.Profile, tool: str, base_url: str) -> ToolResult | None:
+    """One tool under one profile; a tool that is missing or breaks gets a row saying so. None: the chosen
+    scenarios have nothing for it (a downloader without the sequential scenario)."""
+    if tool in tools.DOWNLOADERS and "sequential" not in bench.scenarios:
+        return None
     if tools.executable(tool) is None:
         return ToolResult(profile.name, tool, cold=Step(status="not installed (benchmarks/setup.sh)"))
     try:
@@ -172,12 +206,13 @@ def describe(result: ToolResult, size: int) -> str:
 
 
 def benchmark(args: argparse.Namespace, run: Run, work: Path) -> None:
-    """Serve the file, then run every tool under every profile; fills ``run``."""
+    """Serve the files, then run every chosen scenario under every profile; fills ``run``."""
     www, logs = work / "www", work / "logs"
     logs.mkdir()
     data = www / "data.bin"
-    log(f"writing {args.size // MiB} MiB of random bytes to {data}")
-    make_data(data, args.size)
+    if throughput(args.scenarios):
+        log(f"writing {args.size // MiB} MiB of random bytes to {data}")
+        make_data(data, args.size)
     dropped = procs.drop_caches()
     run.environment = environment(work, dropped)
     wan = origin.Profile("wan", args.rtt_ms, args.wan_rate)
@@ -195,7 +230,13 @@ def benchmark(args: argparse.Namespace, run: Run, work: Path) -> None:
         rangefs_args=shlex.split(args.rangefs_args),
         py_spy=args.py_spy.absolute() if args.py_spy else None,
         notes=run.notes,
+        scenarios=frozenset(args.scenarios),
     )
+    tools_bench = None
+    if "tools" in args.scenarios:
+        log("making the tools scenario's files (zip, MP4 with ffmpeg, SQLite, tar): about half a minute")
+        tools_bench = realtools.ToolsBench(bench, www / "tools", args.tool_timeout, realtools.make_groups(args.seed))
+        realtools.make_files(tools_bench)
     with contextlib.ExitStack() as stack:
         ports = stack.enter_context(origin.running_nginx(work / "nginx", www, profiles))
         urls = {}
@@ -205,13 +246,23 @@ def benchmark(args: argparse.Namespace, run: Run, work: Path) -> None:
                 port = stack.enter_context(
                     origin.running_proxy(port, profile.rtt_ms, logs / "delayproxy.log", run.notes)
                 )
-            urls[profile.name] = f"http://{procs.LOOPBACK}:{port}/"
-        log("local file baseline")
-        run.local = scenarios.local_baseline(bench)
-        for profile in profiles:
-            for tool in args.tools:
-                log(f"{profile.name}: {tool}")
-                result = run_tool(bench, profile, tool, urls[profile.name])
+            urls[profile] = f"http://{procs.LOOPBACK}:{port}/"
+        if throughput(args.scenarios):
+            run_throughput(args, run, bench, urls)
+        if tools_bench is not None:
+            chosen = [tool for tool in args.tools if tool in tools.FUSE_TOOLS]
+            run.commands, run.prefetch = realtools.run_scenario(tools_bench, urls, chosen, args.prefetch_repeats, log)
+
+
+def run_throughput(args: argparse.Namespace, run: Run, bench: scenarios.Bench, urls: dict[origin.Profile, str]) -> None:
+    """The sequential and random scenarios: the local file, then every tool under every profile."""
+    log("local file baseline")
+    run.local = scenarios.local_baseline(bench)
+    for profile, base_url in urls.items():
+        for tool in args.tools:
+            log(f"{profile.name}: {tool}")
+            result = run_tool(bench, profile, tool, base_url)
+            if result is not None:
                 run.results.append(result)
                 log(describe(result, args.size))
 
@@ -244,7 +295,8 @@ def _terminate(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    missing = missing_requirements(args.tools)
+    out: Path = args.out or default_out(args.scenarios)
+    missing = missing_requirements(args.tools, args.scenarios)
     if missing:
         print(f"bench: missing {', '.join(missing)}; run benchmarks/setup.sh", file=sys.stderr)
         return 2
@@ -257,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         rtt_ms=args.rtt_ms,
         wan_rate=args.wan_rate,
         random_reads=args.random_reads,
-        versions=versions(args.tools),
+        scenarios=args.scenarios,
+        versions=versions(args.tools, args.scenarios),
     )
     work = Path(tempfile.mkdtemp(prefix="rangefs-bench-", dir=args.work_dir)).resolve()
     try:
@@ -267,13 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         run.environment["Load average at end"] = load_report(work)
-        keep_logs(work, args.out.parent / "logs")
+        keep_logs(work, out.parent / "logs")
         remove_work(work, run.notes)
         if args.py_spy and args.py_spy.exists():
             run.profile_summary = report.summarize_collapsed(args.py_spy.read_text(errors="replace"))
         text = report.render(run)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
         print(text)
     return 0
 

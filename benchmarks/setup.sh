@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what benchmarks/bench.py needs: nginx (origin), curl and aria2c (download baselines), rclone and
-# httpdirfs (FUSE competitors), fuse3 (fusermount3). Idempotent: runs apt-get only when something is missing.
+# httpdirfs (FUSE competitors), fuse3 (fusermount3), and the programs of the tools scenario: unzip, bsdtar
+# (libarchive-tools), 7z (p7zip-full), ffmpeg/ffprobe, sqlite3 and tar. Idempotent: runs apt-get only when
+# something is missing.
 # Usage: benchmarks/setup.sh        (as root, or as a user with sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,12 @@ declare -A provides=(
   [rclone]=rclone
   [httpdirfs]=httpdirfs
   [fuse3]=fusermount3
+  [unzip]=unzip
+  [libarchive-tools]=bsdtar
+  [p7zip-full]=7z
+  [ffmpeg]=ffprobe
+  [sqlite3]=sqlite3
+  [tar]=tar
 )
 
 missing=()
@@ -26,7 +34,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-  echo "benchmarks/setup: nginx, aria2c, curl, rclone, httpdirfs and fusermount3 are installed"
+  echo "benchmarks/setup: all of ${provides[*]} are installed"
 fi
 
 [ -x .venv/bin/rangefs ] || bash scripts/setup.sh

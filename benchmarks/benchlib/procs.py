@@ -92,6 +92,15 @@ def started(
         stop(child)
 
 
+def wait_exit(child: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait (bounded) for a child to exit by itself; whether it did."""
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 def stop(child: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds: by the child's PID only."""
     if child.poll() is not None:

@@ -4,23 +4,45 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from benchlib import toolsreport
 from benchlib.results import LatencyStep, MiB, Run, Step, ToolResult
 
 
 def render(run: Run) -> str:
-    parts = [
-        f"# rangefs benchmark: {_size(run.size)} file, profiles {', '.join(run.profiles)}",
-        "## Cold sequential read\n\n" + cold_table(run),
-        "## Warm re-read\n\n" + warm_table(run),
-        f"## Random 4 KiB reads ({run.random_reads} reads, each in its own 1 MiB block)\n\n" + random_table(run),
-        "## rangefs targets\n\n" + targets_table(run),
-    ]
+    parts = [f"# rangefs benchmark: {_subject(run)}, profiles {', '.join(run.profiles)}"]
+    if "sequential" in run.scenarios:
+        parts += ["## Cold sequential read\n\n" + cold_table(run), "## Warm re-read\n\n" + warm_table(run)]
+    if "random" in run.scenarios:
+        parts.append(
+            f"## Random 4 KiB reads ({run.random_reads} reads, each in its own 1 MiB block)\n\n" + random_table(run)
+        )
+    if _throughput(run):
+        parts.append("## rangefs targets\n\n" + targets_table(run))
+    if "tools" in run.scenarios:
+        parts.append(
+            "## Real tools (cold: fresh mount and cache after drop_caches; warm: the same command again)\n\n"
+            + toolsreport.commands_table(run)
+        )
+    if run.prefetch:
+        parts.append("## Format-aware prefetch on the first open\n\n" + toolsreport.prefetch_table(run))
     if run.profile_summary:
         parts.append("## Where rangefs spends its time (py-spy, loopback cold read)\n\n" + run.profile_summary)
     if run.notes:
         parts.append("## Notes\n\n" + "\n".join(f"- {note}" for note in run.notes))
     parts.append("## How this was measured\n\n" + footer(run))
     return "\n\n".join(parts) + "\n"
+
+
+def _throughput(run: Run) -> bool:
+    """Whether the run read the big test file (the sequential or random scenarios)."""
+    return "sequential" in run.scenarios or "random" in run.scenarios
+
+
+def _subject(run: Run) -> str:
+    parts = [f"{_size(run.size)} file"] if _throughput(run) else []
+    if "tools" in run.scenarios:
+        parts.append("real tools")
+    return " and ".join(parts)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -204,18 +226,21 @@ def _targets_for(run: Run, profile: str) -> list[Check]:
     if rangefs is None:
         return []
     checks: list[Check] = []
-    speed = rangefs.cold.mib_per_s(run.size)
-    if profile == "wan":
-        checks.append(_speed_check(run, profile, speed, "curl", 4.0))
-        checks.append(_speed_check(run, profile, speed, "aria2c", 0.9))
-    else:
-        checks.append(_speed_check(run, profile, speed, "curl", 0.7))
-    checks += _random_checks(run, profile, rangefs)
-    checks += _warm_checks(run, profile, rangefs)
-    rss = rangefs.rss_mib
-    checks.append(
-        (f"{profile}: peak RSS of the daemon", "<= 300 MiB", _num(rss, 0), None if rss is None else rss <= 300)
-    )
+    if "sequential" in run.scenarios:
+        speed = rangefs.cold.mib_per_s(run.size)
+        if profile == "wan":
+            checks.append(_speed_check(run, profile, speed, "curl", 4.0))
+            checks.append(_speed_check(run, profile, speed, "aria2c", 0.9))
+        else:
+            checks.append(_speed_check(run, profile, speed, "curl", 0.7))
+    if "random" in run.scenarios:
+        checks += _random_checks(run, profile, rangefs)
+    if "sequential" in run.scenarios:
+        checks += _warm_checks(run, profile, rangefs)
+        rss = rangefs.rss_mib
+        checks.append(
+            (f"{profile}: peak RSS of the daemon", "<= 300 MiB", _num(rss, 0), None if rss is None else rss <= 300)
+        )
     return checks
 
 
@@ -269,8 +294,8 @@ def _warm_checks(run: Run, profile: str, rangefs: ToolResult) -> list[Check]:
 
 def footer(run: Run) -> str:
     lines = [
-        f"- File: {_size(run.size)} of random (incompressible) bytes, served by nginx on 127.0.0.1 with ETag, "
-        "Last-Modified and range support (nginx defaults), `sendfile on`, keep-alive.",
+        "- Origin: nginx on 127.0.0.1 with ETag, Last-Modified and range support (nginx defaults), "
+        "`sendfile on`, keep-alive.",
         "- Profiles: **loopback** = nginx directly, no limits. "
         f"**wan** = nginx `limit_rate {run.wan_rate};` per connection (with `sendfile_max_chunk 64k;`: nginx paces a "
         "connection after each sendfile chunk, and with its default 2 MiB chunks the last 2 MiB of every response "
@@ -279,6 +304,19 @@ def footer(run: Run) -> str:
         "TCP proxy on 127.0.0.1 in front of nginx: it waits one RTT after accepting a connection (the "
         "handshake), then forwards every chunk in each direction RTT/2 after the chunk arrived (a queue per "
         "direction, so delays overlap and bandwidth is kept).",
+    ]
+    if _throughput(run):
+        lines += _throughput_lines(run)
+    if "tools" in run.scenarios:
+        lines += toolsreport.footer_lines(run)
+    lines += [f"- {key}: {value}" for key, value in run.environment.items()]
+    lines.append("- Versions: " + "; ".join(f"{tool}: {text}" for tool, text in run.versions.items()))
+    return "\n".join(lines)
+
+
+def _throughput_lines(run: Run) -> list[str]:
+    return [
+        f"- File: {_size(run.size)} of random (incompressible) bytes.",
         "- Tools: curl and aria2c download; rangefs (`--foreground`, default settings), `rclone mount :http: "
         "--vfs-cache-mode full` and `httpdirfs -f --cache --no-range-check` (httpdirfs 1.2's own range check "
         "rejects nginx and exits on the first read) are FUSE mounts read with `dd`.",
@@ -302,9 +340,6 @@ def footer(run: Run) -> str:
         "- Peak RSS: the FUSE daemon's VmHWM (and VmRSS polled every 50 ms) during the cold sequential read; the "
         "daemon's PID comes from the process we started (rangefs: its `--pid-file`).",
     ]
-    lines += [f"- {key}: {value}" for key, value in run.environment.items()]
-    lines.append("- Versions: " + "; ".join(f"{tool}: {text}" for tool, text in run.versions.items()))
-    return "\n".join(lines)
 
 
 def summarize_collapsed(text: str, top: int = 15) -> str:

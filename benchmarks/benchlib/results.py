@@ -84,6 +84,33 @@ class LocalBaseline:
 
 
 @dataclass
+class CommandRun:
+    """One run of a real tool's command (unzip -l, ffprobe, ...) on a file; ``status`` is "ok" or what failed."""
+
+    status: str = "ok"
+    seconds: float | None = None
+    traffic: Traffic | None = None
+    output: str | None = None  # digest of what the command printed and wrote, paths replaced: compared with local
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.seconds is not None
+
+
+@dataclass
+class CommandResult:
+    """One command of the tools scenario through one filesystem under one profile: cold, then warm."""
+
+    profile: str  # "-" for the local file
+    filesystem: str  # "local", "rangefs", "rangefs --no-format-prefetch", "rclone", "httpdirfs"
+    file_name: str
+    file_size: int
+    command: str  # as shown in the table, e.g. "unzip -l"
+    cold: CommandRun = field(default_factory=CommandRun)
+    warm: CommandRun | None = None  # the same command again in the same mount
+
+
+@dataclass
 class Run:
     """A whole benchmark run, with what the footer needs to say about it."""
 
@@ -92,12 +119,15 @@ class Run:
     rtt_ms: float
     wan_rate: str
     random_reads: int
+    scenarios: list[str] = field(default_factory=lambda: ["sequential", "random"])
     local: LocalBaseline = field(default_factory=LocalBaseline)
     results: list[ToolResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     profile_summary: str | None = None
+    commands: list[CommandResult] = field(default_factory=list)  # the tools scenario
+    prefetch: list[CommandResult] = field(default_factory=list)  # format-aware prefetch on and off, repeated
 
     def find(self, profile: str, tool: str) -> ToolResult | None:
         for result in self.results:

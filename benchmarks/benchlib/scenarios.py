@@ -24,6 +24,8 @@ from benchlib.results import LatencyStep, LocalBaseline, Step, ToolResult
 
 # Warm reads are short and the machine is shared: each is the median of this many reads.
 WARM_REPEATS = 3
+# Seconds a FUSE daemon gets to exit by itself once its mount is gone, before it is sent SIGTERM.
+EXIT_GRACE = 10.0
 _DD_BYTES = re.compile(r"^(\d+) bytes", re.MULTILINE)
 _LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL|FATAL)\b|Traceback|panic:|crashed|Segmentation", re.IGNORECASE)
 
@@ -53,6 +55,8 @@ class Bench:
     rangefs_args: list[str] = field(default_factory=list)
     py_spy: Path | None = None  # record rangefs's loopback cold read here (py-spy raw format)
     notes: list[str] = field(default_factory=list)
+    scenarios: frozenset[str] = frozenset({"sequential", "random"})
+    _noted: set[str] = field(default_factory=set, init=False, repr=False)
 
     @property
     def uri(self) -> str:
@@ -65,6 +69,12 @@ class Bench:
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+    def note_once(self, key: str, text: str) -> None:
+        """A note for ``key`` unless one was made already (the same warning in the logs of many mounts)."""
+        if key not in self._noted:
+            self._noted.add(key)
+            self.note(text)
 
 
 class MountFailed(Exception):
@@ -133,13 +143,16 @@ def compare(path: Path, reference: Path, timeout: float) -> str:
 
 def local_baseline(bench: Bench) -> LocalBaseline:
     """The local file read after drop_caches, then again from the page cache; the same for random reads."""
-    bench.drop_caches()
-    cold = timed_read(bench.data_file, bench.size, bench.timeouts.read)
-    warm = repeated_read(bench.data_file, bench.size, bench.timeouts.read)
-    bench.drop_caches()
-    random_cold = random_reads(bench, bench.data_file, "local file cold")
-    random_warm = random_reads(bench, bench.data_file, "local file warm")
-    return LocalBaseline(cold=cold, warm=warm, random_cold=random_cold, random_warm=random_warm)
+    baseline = LocalBaseline()
+    if "sequential" in bench.scenarios:
+        bench.drop_caches()
+        baseline.cold = timed_read(bench.data_file, bench.size, bench.timeouts.read)
+        baseline.warm = repeated_read(bench.data_file, bench.size, bench.timeouts.read)
+    if "random" in bench.scenarios:
+        bench.drop_caches()
+        baseline.random_cold = random_reads(bench, bench.data_file, "local file cold")
+        baseline.random_warm = random_reads(bench, bench.data_file, "local file warm")
+    return baseline
 
 
 def download(bench: Bench, case: Case) -> ToolResult:
@@ -166,14 +179,15 @@ def download(bench: Bench, case: Case) -> ToolResult:
 
 
 @contextlib.contextmanager
-def mounted(bench: Bench, spec: tools.MountSpec) -> Iterator[Mounted]:
-    """Mount with ``spec`` and wait until the file is visible at its full size; always unmounted afterwards."""
+def mounted(bench: Bench, spec: tools.MountSpec, size: int | None = None) -> Iterator[Mounted]:
+    """Mount with ``spec`` and wait until the file is visible at its full size (``size``, by default the
+    benchmark file's); always unmounted afterwards."""
     spec.mountpoint.mkdir(parents=True, exist_ok=True)
     spec.cache_dir.mkdir(parents=True, exist_ok=True)  # httpdirfs does not create it
     try:
         with procs.started(spec.argv, spec.output) as child:
             try:
-                pid = _wait_ready(bench, spec, child)
+                pid = _wait_ready(bench, spec, child, bench.size if size is None else size)
                 yield Mounted(spec, child, pid)
             finally:
                 if child.poll() is not None:
@@ -181,11 +195,16 @@ def mounted(bench: Bench, spec: tools.MountSpec) -> Iterator[Mounted]:
                 problem = procs.unmount(spec.mountpoint)
                 if problem:
                     bench.note(f"{spec.tool}: {spec.mountpoint}: {problem}")
+                elif not procs.wait_exit(child, EXIT_GRACE):
+                    # Unmounted: the daemon should exit by itself; procs.started's SIGTERM is the fallback.
+                    bench.note_once(
+                        f"{spec.tool}: still running", f"{spec.tool}: a daemon still ran {EXIT_GRACE:g} s after unmount"
+                    )
     finally:
         _check_logs(bench, spec)
 
 
-def _wait_ready(bench: Bench, spec: tools.MountSpec, child: subprocess.Popen[bytes]) -> int:
+def _wait_ready(bench: Bench, spec: tools.MountSpec, child: subprocess.Popen[bytes], size: int) -> int:
     problem = procs.wait_mounted(spec.mountpoint, child, bench.timeouts.mount)
     if problem:
         raise MountFailed(f"mount failed: {problem}")
@@ -200,8 +219,8 @@ def _wait_ready(bench: Bench, spec: tools.MountSpec, child: subprocess.Popen[byt
     seen = procs.run(["stat", "--format=%s", str(spec.file_path)], bench.timeouts.mount)
     if not seen.ok:
         raise MountFailed(f"file not visible: {seen.problem()}")
-    if seen.stdout.strip() != str(bench.size):
-        raise MountFailed(f"file size {seen.stdout.strip()} instead of {bench.size}")
+    if seen.stdout.strip() != str(size):
+        raise MountFailed(f"file size {seen.stdout.strip()} instead of {size}")
     return pid
 
 
@@ -212,8 +231,8 @@ def _check_logs(bench: Bench, spec: tools.MountSpec) -> None:
             continue
         for line in path.read_text(errors="replace").splitlines():
             if _LOG_PROBLEM.search(line):
-                text = re.sub(r"^\S+ \S+ ", "", line.strip())  # drop the timestamp so repeats collapse
-                bench.note(f"{spec.tool} log ({path.name}): {text[:200]}")
+                text = re.sub(r"^\S+ \S+ ", "", line.strip())[:200]  # drop the timestamp so repeats collapse
+                bench.note_once(f"{spec.tool}: {text}", f"{spec.tool} log ({path.name}): {text}")
 
 
 @dataclass(frozen=True)
@@ -230,20 +249,23 @@ class Case:
 
 
 def fuse(bench: Bench, case: Case) -> ToolResult:
-    """Cold, warm and disk-cache sequential reads, then cold and warm random reads, each on its own mount."""
+    """Cold, warm and disk-cache sequential reads, then cold and warm random reads, each on its own mount (the
+    ones of the chosen scenarios)."""
     result = ToolResult(case.profile.name, case.tool)
     caches = [bench.work / f"{case.label}-cache-seq", bench.work / f"{case.label}-cache-random"]
     try:
-        try:
-            _sequential(bench, case, caches[0], result)
-        except MountFailed as error:
-            result.cold = Step(status=str(error))
-        if result.cold.ok:
-            _disk_cache(bench, case, caches[0], result)
-        try:
-            _random(bench, case, caches[1], result)
-        except MountFailed as error:
-            result.random_cold = LatencyStep(status=str(error))
+        if "sequential" in bench.scenarios:
+            try:
+                _sequential(bench, case, caches[0], result)
+            except MountFailed as error:
+                result.cold = Step(status=str(error))
+            if result.cold.ok:
+                _disk_cache(bench, case, caches[0], result)
+        if "random" in bench.scenarios:
+            try:
+                _random(bench, case, caches[1], result)
+            except MountFailed as error:
+                result.random_cold = LatencyStep(status=str(error))
     finally:
         for cache in caches:
             shutil.rmtree(cache, ignore_errors=True)

@@ -128,7 +128,9 @@ def _rangefs_spec(
     pid_file = logs / f"{label}.pid"
     argv = [str(rangefs_command()), "mount", str(urls), str(mountpoint), "--foreground"]
     argv += ["--cache-dir", str(cache_dir), "--log-file", str(log_file), "--pid-file", str(pid_file)]
-    argv += ["--log-level", "info", *extra_args]
+    # Logging at info level, unless the extra arguments choose a level (rangefs's --log-level beats -v).
+    chosen = any(arg == "--log-level" or arg.startswith(("-v", "--verbose", "--log-level=")) for arg in extra_args)
+    argv += [*([] if chosen else ["--log-level", "info"]), *extra_args]
     return MountSpec(
         "rangefs",
         argv,
