@@ -77,6 +77,16 @@ class PendingBlock:
         self.error: BaseException | None = None
 
 
+class _Outcome:
+    """What became of one fetch: its bytes, or the error its waiting readers get."""
+
+    __slots__ = ("data", "error")
+
+    def __init__(self, wanted: ByteRange) -> None:
+        self.data: memoryview | None = None
+        self.error: BaseException = FetchAborted(f"fetch of {wanted.header_value()} was cancelled")
+
+
 @dataclass
 class StoreStatistics:
     blocks_from_memory: int = 0
@@ -220,22 +230,11 @@ class BlockStore:
         wanted = ByteRange(
             block.start + chunks.start * CHUNK_SIZE, min(block.start + chunks.stop * CHUNK_SIZE, block.stop)
         )
-        self.stats.requests += 1
-        self.stats.bytes_in_flight += wanted.length
-        data: memoryview | None = None
-        error: BaseException = FetchAborted(f"fetch of {wanted.header_value()} was cancelled")
+        outcome = _Outcome(wanted)
         try:
-            data = memoryview(await source.fetch(wanted, demand=True))
-            self.stats.bytes_fetched += wanted.length
-        except RangefsError as failure:
-            error = failure
-            self.stats.fetch_errors += 1
-        except Exception as failure:  # a bug must fail the readers, not the whole mount
-            log.exception("unexpected error fetching %s of %s", wanted.header_value(), source.describe())
-            error = failure
-            self.stats.fetch_errors += 1
+            await self._fetch_range(source, wanted, outcome, demand=True)
         finally:
-            self.stats.bytes_in_flight -= wanted.length
+            data, error = outcome.data, outcome.error
             fetched: list[tuple[int, memoryview]] = []
             for chunk in chunks:
                 key, piece = chunk_key(index, chunk), pending[chunk]
@@ -358,23 +357,29 @@ class BlockStore:
     async def _fetch_run(self, source: RangeSource, run: range, pending: dict[int, PendingBlock], demand: bool) -> None:
         wanted = run_bytes(run, self.block_size, source.size)
         log.debug("fetch blocks %d-%d (%s)", run.start, run.stop - 1, "demand" if demand else "prefetch")
+        outcome = _Outcome(wanted)
+        try:
+            await self._fetch_range(source, wanted, outcome, demand=demand)
+        finally:
+            self._complete(source, run, pending, outcome.data, outcome.error)
+
+    async def _fetch_range(self, source: RangeSource, wanted: ByteRange, outcome: _Outcome, *, demand: bool) -> None:
+        """One request, its statistics, and its result or error in ``outcome`` (errors are not raised: the
+        caller hands them to the waiting readers; a cancellation leaves the outcome's FetchAborted)."""
         self.stats.requests += 1
         self.stats.bytes_in_flight += wanted.length
-        data: memoryview | None = None
-        error: BaseException = FetchAborted(f"fetch of {wanted.header_value()} was cancelled")
         try:
-            data = memoryview(await source.fetch(wanted, demand=demand))
+            outcome.data = memoryview(await source.fetch(wanted, demand=demand))
             self.stats.bytes_fetched += wanted.length
         except RangefsError as failure:
-            error = failure
+            outcome.error = failure
             self.stats.fetch_errors += 1
         except Exception as failure:  # a bug must fail the readers, not the whole mount
             log.exception("unexpected error fetching %s of %s", wanted.header_value(), source.describe())
-            error = failure
+            outcome.error = failure
             self.stats.fetch_errors += 1
         finally:
             self.stats.bytes_in_flight -= wanted.length
-            self._complete(source, run, pending, data, error)
 
     def _complete(
         self,

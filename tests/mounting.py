@@ -19,6 +19,15 @@ def rangefs_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rangefs", *args]
 
 
+def read_direct(path: Path, offset: int, length: int) -> bytes:
+    """One pread with O_DIRECT: it reaches the daemon as asked, instead of being rounded by the page cache."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
 def is_mounted(path: Path) -> bool:
     target = os.path.realpath(path)
     with open("/proc/mounts") as mounts:

@@ -5,17 +5,10 @@ from __future__ import annotations
 import os
 
 from tests.conftest import MountFactory
+from tests.mounting import read_direct
 from tests.origin import Origin, pattern_bytes
 
 MiB = 1024 * 1024
-
-
-def _read(path: os.PathLike[str], offset: int, length: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    try:
-        return os.pread(fd, length, offset)
-    finally:
-        os.close(fd)
 
 
 def test_remount_serves_read_bytes_from_disk_cache(origin: Origin, mount_factory: MountFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -25,14 +18,14 @@ def test_remount_serves_read_bytes_from_disk_cache(origin: Origin, mount_factory
     first = mount_factory([url], cache_dir=cache_dir)
     pieces = [(0, 4096), (MiB + 5, 300_000), (4 * MiB, 100)]
     for offset, length in pieces:
-        assert _read(first.path / "cached.bin", offset, length) == data[offset : offset + length]
+        assert read_direct(first.path / "cached.bin", offset, length) == data[offset : offset + length]
     first.unmount()
     assert origin.requests_for("/cached.bin"), "the first mount must have fetched"
     origin.clear_log()
 
     second = mount_factory([url], cache_dir=cache_dir)
     for offset, length in pieces:
-        assert _read(second.path / "cached.bin", offset, length) == data[offset : offset + length]
+        assert read_direct(second.path / "cached.bin", offset, length) == data[offset : offset + length]
     assert origin.requests_for("/cached.bin", "GET") == [], "cached bytes must not be fetched again"
 
 
@@ -45,13 +38,13 @@ def test_changed_remote_file_is_not_served_from_old_blocks(
     url = origin.add("/changing.bin", old)
     cache_dir = tmp_path / "shared-cache"
     first = mount_factory([url], cache_dir=cache_dir)
-    assert _read(first.path / "changing.bin", 0, 2 * MiB) == old
+    assert read_direct(first.path / "changing.bin", 0, 2 * MiB) == old
     first.unmount()
 
     origin.add("/changing.bin", new)  # same size, new ETag and Last-Modified
     # A zero metadata TTL makes the open revalidate (by default a fresh probe result is trusted for 300 s).
     second = mount_factory([url], "--metadata-ttl", "0", cache_dir=cache_dir)
-    assert _read(second.path / "changing.bin", 0, 2 * MiB) == new
+    assert read_direct(second.path / "changing.bin", 0, 2 * MiB) == new
 
 
 def test_file_changing_under_an_open_handle_gives_eio_not_mixed_bytes(
@@ -74,4 +67,4 @@ def test_file_changing_under_an_open_handle_gives_eio_not_mixed_bytes(
     finally:
         os.close(fd)
     # A new open revalidates and sees the new version.
-    assert _read(mounted.path / "swap.bin", 2 * MiB, 4096) == new[2 * MiB : 2 * MiB + 4096]
+    assert read_direct(mounted.path / "swap.bin", 2 * MiB, 4096) == new[2 * MiB : 2 * MiB + 4096]

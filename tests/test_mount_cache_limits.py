@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MountFactory
-from tests.mounting import Mount
+from tests.mounting import Mount, read_direct
 from tests.origin import Origin, pattern_bytes
 
 MiB = 1024 * 1024
@@ -29,14 +29,6 @@ def block_files(cache_dir: Path) -> list[Path]:
 def disk_usage(directory: Path) -> int:
     """Bytes the directory really occupies, as du counts them."""
     return sum(os.lstat(p).st_blocks * 512 for p in directory.rglob("*") if p.is_file())
-
-
-def read_direct(path: Path, offset: int, length: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    try:
-        return os.pread(fd, length, offset)
-    finally:
-        os.close(fd)
 
 
 def drop_page_cache() -> None:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import MountFactory
+from tests.mounting import read_direct
 from tests.origin import Origin, pattern_bytes
 
 MiB = 1024 * 1024
@@ -45,12 +46,7 @@ def test_whole_file_hash_matches_origin(data_file: tuple[bytes, Path]) -> None:
 @given(offset=st.integers(0, SIZE + MiB), length=st.integers(0, 3 * MiB))
 def test_random_reads_are_byte_exact(data_file: tuple[bytes, Path], offset: int, length: int) -> None:
     data, path = data_file
-    # O_DIRECT sends each read to the daemon as asked, instead of letting the page cache round it.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    try:
-        assert os.pread(fd, length, offset) == data[offset : offset + length]
-    finally:
-        os.close(fd)
+    assert read_direct(path, offset, length) == data[offset : offset + length]
 
 
 @pytest.mark.parametrize(
@@ -67,11 +63,7 @@ def test_random_reads_are_byte_exact(data_file: tuple[bytes, Path], offset: int,
 )
 def test_block_edges_and_eof(data_file: tuple[bytes, Path], offset: int, length: int) -> None:
     data, path = data_file
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    try:
-        assert os.pread(fd, length, offset) == data[offset : offset + length]
-    finally:
-        os.close(fd)
+    assert read_direct(path, offset, length) == data[offset : offset + length]
 
 
 def test_concurrent_readers_get_the_same_right_bytes(data_file: tuple[bytes, Path], origin: Origin) -> None:
