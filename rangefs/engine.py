@@ -37,6 +37,11 @@ from rangefs.remote import RemoteClient, RemoteMetadata
 
 log = logging.getLogger(__name__)
 
+# Reads at most this large that are not part of a sequential stream fetch only the 64 KiB chunks they touch
+# (a SQLite page, a zip header) instead of whole blocks. Larger ones (a video player after a seek) are likely
+# to go on reading, and get whole blocks.
+_SPARSE_READ = 32 * 1024
+
 
 class RemoteVersion:
     """One version of a remote file as a RangeSource for the BlockStore."""
@@ -243,7 +248,8 @@ class FileEngine:
             if decision.prefetch is not None:
                 self.prefetcher.submit(opened.version, handle, decision.prefetch)
         try:
-            return await self.store.read(opened.version, offset, size, sparse=decision.random_access)
+            sparse = decision.random_access and size <= _SPARSE_READ
+            return await self.store.read(opened.version, offset, size, sparse=sparse)
         except RemoteChanged:
             opened.file.stale = True
             raise

@@ -18,6 +18,7 @@ import trio
 
 from rangefs.blocks import BlockStore, PendingBlock, RangeSource
 from rangefs.errors import RangefsError
+from rangefs.ranges import ByteRange
 from rangefs.readahead.budget import ByteBudget
 from rangefs.readahead.formats import Planner
 from rangefs.readahead.pattern import Prefetch
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 StreamKey = tuple[int, int]  # (open handle, stream id)
 # Prefetches of format indexes belong to no open handle: closing the file does not cancel them.
 _INDEX_KEY: StreamKey = (0, 0)
+# Index reads and prefetches up to this size fetch only the 64 KiB chunks they cover.
+_SMALL_INDEX = 256 * 1024
 
 
 @dataclass
@@ -79,13 +82,25 @@ class Prefetcher:
     async def _run_plan(self, source: RangeSource, planner: Planner) -> None:
         try:
             while (need := planner.next_range()) is not None:
-                planner.feed(need.start, await self.store.read(source, need.start, need.length))
+                # Box headers are a few bytes: fetch their chunk, not a whole block.
+                small = need.length <= _SMALL_INDEX
+                planner.feed(need.start, await self.store.read(source, need.start, need.length, sparse=small))
         except RangefsError as error:
             log.debug("format-aware prefetch of %s stopped: %s", source.describe().get("url"), error)
             return
         for wanted in planner.wanted():
             log.debug("prefetching the index of %s: %s", source.describe().get("url"), wanted)
-            self.submit(source, _INDEX_KEY[0], Prefetch(_INDEX_KEY[1], wanted.start, wanted.stop))
+            if wanted.length <= _SMALL_INDEX:
+                self._nursery.start_soon(self._fetch_small_index, source, wanted)
+            else:
+                self.submit(source, _INDEX_KEY[0], Prefetch(_INDEX_KEY[1], wanted.start, wanted.stop))
+
+    async def _fetch_small_index(self, source: RangeSource, wanted: ByteRange) -> None:
+        """A small index (a typical moov box) as the chunks it occupies rather than whole blocks."""
+        try:
+            await self.store.read(source, wanted.start, wanted.length, sparse=True)
+        except RangefsError as error:
+            log.debug("prefetch of the index of %s failed: %s", source.describe().get("url"), error)
 
     def cancel(self, handle: int, stream_ids: tuple[int, ...] | None = None) -> None:
         """Cancel the parts of the given streams of ``handle`` (all its streams when None)."""
