@@ -185,7 +185,7 @@ class BlockStore:
         """A small random read: whole blocks when they are at hand, else just the chunks it needs."""
         wanted = clamp_read(offset, size, source.size)
         covering = blocks_covering(wanted, self.block_size)
-        if wanted.length == 0 or any(self._block_at_hand(source, index) for index in covering):
+        if wanted.length == 0 or any(self.is_cached_or_in_flight(source, index) for index in covering):
             return await self._read_once(source, offset, size)
         parts: list[tuple[bytes | PendingBlock, int, int]] = []  # in file order: data, or a chunk to wait for
         # No await until every missing chunk is registered (as in _read_once).
@@ -215,10 +215,6 @@ class BlockStore:
         result = [await self._wait(piece, lo, hi) for piece, lo, hi in parts]
         self.stats.bytes_served += wanted.length
         return b"".join(result)
-
-    def _block_at_hand(self, source: RangeSource, index: int) -> bool:
-        key = (source.object_id, index)
-        return key in self._in_flight or key in self._hot or self.cache.contains(source.object_id, index)
 
     async def _fetch_chunks(
         self, source: RangeSource, index: int, chunks: range, pending: dict[int, PendingBlock]

@@ -221,9 +221,6 @@ class CacheIndex:
                 found[key] = (value, stored_at)
         return found
 
-    def delete_records(self, keys: Iterable[str]) -> None:
-        self._db.executemany("DELETE FROM records WHERE key=?", [(key,) for key in keys])
-
     def set_setting(self, name: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
 
