@@ -194,7 +194,7 @@ class FileEngine:
             if expected is not None and metadata.size != expected:
                 raise RemoteChanged(file.url, f"size is {metadata.size} bytes, the urls file says {expected}")
             file.metadata, file.failure, file.stale, file.probed_at = metadata, None, False, time.time()
-            self.store.cache.put_record(file.record_key, json.dumps(dataclasses.asdict(metadata)))
+            self._store_probe(file)
         except RemoteUnreachable as error:
             if previous is not None and not file.stale:
                 # Offline: the version we know stays readable from the cache; revalidate on a later open.
@@ -265,13 +265,18 @@ class FileEngine:
         if planner is not None:
             self.prefetcher.plan_index(version, planner)
 
+    def _store_probe(self, file: RemoteFile) -> None:
+        """Keep what is known of the file with the cache, for remounts within the metadata TTL."""
+        if file.metadata is not None:
+            self.store.cache.put_record(file.record_key, json.dumps(dataclasses.asdict(file.metadata)))
+
     def ranges_unsupported(self, file: RemoteFile) -> None:
         """The server ignores Range for this file: remember it (across mounts) and say so once."""
         if file.metadata is None or not file.metadata.accepts_ranges:
             return
         log.warning("%s: the server ignores range requests; reading the file whole, once, into the cache", file.url)
         file.metadata = dataclasses.replace(file.metadata, accepts_ranges=False)
-        self.store.cache.put_record(file.record_key, json.dumps(dataclasses.asdict(file.metadata)))
+        self._store_probe(file)
 
     def release(self, handle: int) -> None:
         """Forget the handle and cancel the prefetching done for it."""

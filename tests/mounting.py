@@ -19,6 +19,16 @@ def rangefs_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rangefs", *args]
 
 
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """End a process we started, by its PID: SIGTERM, then SIGKILL if it does not exit within ``grace``."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=grace)
+
+
 def read_direct(path: Path, offset: int, length: int) -> bytes:
     """One pread with O_DIRECT: it reaches the daemon as asked, instead of being rounded by the page cache."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)

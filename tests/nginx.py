@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.mounting import stop_process
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 _START_TIMEOUT = 10.0
 
@@ -70,12 +72,7 @@ def running_nginx(root: Path, prefix: Path) -> Iterator[str]:
                 time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 def access_log(prefix: Path) -> list[str]:

@@ -22,7 +22,7 @@ import pytest
 
 from tests import media
 from tests.conftest import MountFactory
-from tests.mounting import Mount
+from tests.mounting import Mount, stop_process
 from tests.origin import Origin
 
 MiB = 1024 * 1024
@@ -256,12 +256,7 @@ def test_mpv_plays_after_each_seek(
             print(f"mpv seek to {target} s and 1 s of playback: {requests} requests, {sent / MiB:.1f} MiB")
             assert requests <= 8 and sent < 0.15 * len(data), f"seek and a second of play: {requests}, {sent} B"
     finally:
-        player.terminate()
-        try:
-            player.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            player.kill()
-            player.wait(timeout=10)
+        stop_process(player)
 
 
 # ---------------------------------------------------------------- sqlite and tar
