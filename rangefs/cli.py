@@ -60,7 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--metadata-ttl",
         type=float,
         default=300.0,
-        help="seconds before an open revalidates a file's size and version (default: 300)",
+        help="seconds a stored probe result (size, version) serves listings without a request (default: 300)",
+    )
+    mount.add_argument(
+        "--revalidate-after",
+        type=float,
+        default=1.0,
+        help="an open revalidates a file whose metadata is older than this many seconds, so it sees changes"
+        " made at the origin before then (default: 1; at most --metadata-ttl)",
     )
     mount.add_argument(
         "--connections", type=int, default=8, help="parallel connections per host for readahead (default: 8)"
@@ -186,6 +193,7 @@ def _settings(args: argparse.Namespace) -> MountSettings:
         ca_bundle=args.ca_bundle.absolute() if args.ca_bundle else None,
         http2=args.http2,
         metadata_ttl=args.metadata_ttl,
+        revalidate_after=args.revalidate_after,
         fuse_options=options,
     )
 
@@ -245,6 +253,7 @@ def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
     argv += ["--connections", str(args.connections), "--max-readahead", args.max_readahead]
     argv += ["--max-inflight", args.max_inflight, "--kernel-readahead", args.kernel_readahead]
     argv += ["--cache-size", args.cache_size, "--metadata-ttl", str(args.metadata_ttl), "--timeout", str(args.timeout)]
+    argv += ["--revalidate-after", str(args.revalidate_after)]
     if args.ca_bundle:
         argv += ["--ca-bundle", str(args.ca_bundle.absolute())]
     if args.http2:

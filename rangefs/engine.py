@@ -4,11 +4,18 @@ Each entry of the urls file becomes a RemoteFile. Its metadata is probed in the 
 starts (bounded concurrency), and whoever needs it (getattr, open) waits for that probe. A file whose probe
 failed is probed again on open, so a host that comes back is picked up without a remount.
 
-Probe results are stored with the cache (``records``): a remount trusts those younger than ``metadata_ttl``
-and sends no request for them, and an open revalidates a file whose result is older. When a probe finds a
-new version, the blocks of the old one are dropped and the kernel is told to forget what it cached.
+Consistency is close-to-open: an open revalidates a file whose metadata is older than ``revalidate_after``
+seconds (one HEAD, run concurrently with the format-aware first fetch), so an open that starts more than that
+long after the origin changed sees the new version. Listings only need sizes: they use probe results stored
+with the cache (``records``) for up to ``metadata_ttl`` seconds, also across remounts, without a request.
 
-An open handle pins the version (size and validator) it was opened with: every read through it is either
+Only an answer that proves a new version changes anything: its old blocks are dropped from memory and disk,
+the kernel is told to forget the file's pages and attributes, and handles still open on the old version fail
+their reads from then on (a read answered from old bytes would put them back into the kernel's page cache,
+where a new handle would find them). A failed revalidation (5xx, timeout, unreachable host) keeps the version
+known, readable from the cache, as when the host is offline.
+
+An open handle pins the version (size and validators) it was opened with: every read through it is either
 bytes of that version or an error, never a mix of two versions.
 """
 
@@ -26,14 +33,15 @@ from dataclasses import dataclass
 
 import trio
 
-from rangefs.blocks import BlockStore, FetchAborted
+from rangefs.blocks import BlockStore
 from rangefs.config import Entry
-from rangefs.errors import RangesUnsupported, RemoteChanged, RemoteError, RemoteUnreachable
+from rangefs.errors import RemoteChanged, RemoteError
 from rangefs.ranges import ByteRange
 from rangefs.readahead import AccessPattern, ReadaheadConfig
 from rangefs.readahead.formats import planner_for
 from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient, RemoteMetadata
+from rangefs.remote.retry import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +77,11 @@ class RemoteVersion:
         meta = self.metadata
         return {"url": meta.url, "size": meta.size, "etag": meta.etag, "last_modified": meta.last_modified}
 
+    def ranges_unsupported(self) -> None:
+        self._engine.ranges_unsupported(self._file)
+
     async def fetch(self, wanted: ByteRange, *, demand: bool) -> bytes:
-        try:
-            return await self._client.fetch(self.metadata, wanted, self._headers, demand=demand)
-        except RangesUnsupported:
-            self._engine.ranges_unsupported(self._file)
-            # Readers waiting for this fetch try again, and find the file is now read as one stream.
-            raise FetchAborted(f"{self.metadata.url} is read whole: the server ignores ranges") from None
+        return await self._client.fetch(self.metadata, wanted, self._headers, demand=demand)
 
 
 class RemoteFile:
@@ -89,6 +95,7 @@ class RemoteFile:
         self.stale = False  # a read saw the file change: probe again before the next open
         self.probed_at = 0.0  # wall-clock time of the probe that produced ``metadata``
         self.index_planned_for: str | None = None  # object id whose format index was prefetched
+        self.kernel_version: str | None = None  # object id whose pages the kernel may hold for this file
         self._probed = trio.Event()
         self._probing = False
 
@@ -112,6 +119,7 @@ class OpenFile:
     file: RemoteFile
     version: RemoteVersion
     pattern: AccessPattern
+    keep_cache: bool
 
 
 class FileEngine:
@@ -127,6 +135,7 @@ class FileEngine:
         readahead: ReadaheadConfig | None = None,
         probe_concurrency: int = 32,
         metadata_ttl: float = 300.0,
+        revalidate_after: float = 1.0,
         format_prefetch: bool = True,
         on_metadata_changed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
@@ -137,6 +146,7 @@ class FileEngine:
         self.readahead = readahead or ReadaheadConfig(block_size=store.block_size)
         self._probe_limiter = trio.CapacityLimiter(probe_concurrency)
         self.metadata_ttl = metadata_ttl
+        self.revalidate_after = min(revalidate_after, metadata_ttl)
         self.format_prefetch = format_prefetch
         self.on_metadata_changed = on_metadata_changed
         self._handles: dict[int, OpenFile] = {}
@@ -171,7 +181,8 @@ class FileEngine:
                 file._probed.set()  # fresh: no request at all
 
     def _needs_probe(self, file: RemoteFile) -> bool:
-        expired = time.time() - file.probed_at >= self.metadata_ttl
+        """Before an open: the last probe failed, a read saw the file change, or what is known is too old."""
+        expired = time.time() - file.probed_at >= self.revalidate_after
         return file.failure is not None or file.stale or expired
 
     async def metadata(self, file_index: int) -> RemoteFile:
@@ -195,35 +206,41 @@ class FileEngine:
                 raise RemoteChanged(file.url, f"size is {metadata.size} bytes, the urls file says {expected}")
             file.metadata, file.failure, file.stale, file.probed_at = metadata, None, False, time.time()
             self._store_probe(file)
-        except RemoteUnreachable as error:
-            if previous is not None and not file.stale:
-                # Offline: the version we know stays readable from the cache; revalidate on a later open.
-                log.warning("cannot revalidate %s (%s); using what is known of it", file.url, error.cause)
-            else:
-                log.warning("cannot probe %s: %s", file.url, error.cause)
-                file.metadata, file.failure = None, error
         except RemoteError as error:
-            log.warning("cannot probe %s: %s", file.url, error.cause)
-            file.metadata, file.failure = None, error
+            self._probe_failed(file, error)
+        except Exception as error:  # a bug must fail this file, not the engine (probes are service tasks)
+            log.exception("unexpected error probing %s", file.url)
+            self._probe_failed(file, RemoteError(file.url, f"unexpected error: {error!r}"))
         finally:
             file._probing = False
             done.set()
         # The kernel may hold attributes or pages of what it saw before: a size-0 placeholder for a failed
         # probe, or another version. (A first successful probe needs nothing: the kernel saw nothing yet.)
-        if previous is not None:
-            changed = file.metadata is None or not previous.same_version(file.metadata)
-            if changed:
-                dropped = self.store.cache.drop_object(previous.object_id)
-                log.info("%s changed on the server; dropped %d cached blocks of the old version", file.url, dropped)
-        else:
-            changed = previously_failed and file.metadata is not None
-        if changed and self.on_metadata_changed is not None:
+        changed = previous is not None and (file.metadata is None or not previous.same_version(file.metadata))
+        if changed and file.metadata is not None and previous is not None:
+            dropped = self.store.drop_object(previous.object_id)
+            log.info("%s changed on the server; dropped %d cached pieces of the old version", file.url, dropped)
+        if (changed or (previously_failed and file.metadata is not None)) and self.on_metadata_changed is not None:
             await self.on_metadata_changed(file.index)
 
+    def _probe_failed(self, file: RemoteFile, error: RemoteError) -> None:
+        """Keep the known version through a failure that proves nothing (a 5xx, a timeout, a host down);
+        a definite answer (404, 403, a size the urls file contradicts) or a version known to be gone fails it.
+        Its cached blocks stay either way: only a new version drops them."""
+        if file.metadata is not None and not file.stale and is_transient(error):
+            log.warning("cannot revalidate %s (%s); serving the version known", file.url, error.cause)
+            return
+        log.warning("cannot probe %s: %s", file.url, error.cause)
+        file.metadata, file.failure = None, error
+
     async def open(self, file_index: int) -> int:
-        """A handle for reading the file; probes again first if the last probe failed or the file changed."""
+        """A handle for reading the file; revalidates first when what is known of it may be out of date."""
         file = await self.metadata(file_index)
         if self._needs_probe(file):
+            if file.metadata is not None and not file.stale:
+                # The index prefetch of the version known overlaps the revalidation; if the file changed,
+                # its range requests are refused (If-Range, validators) and cost nothing but a round trip.
+                self._plan_index(file, RemoteVersion(self.client, file.metadata, file, self))
             if not file._probing:
                 file._probed = trio.Event()
             await self._probe(file)
@@ -232,9 +249,16 @@ class FileEngine:
             raise file.failure
         handle = next(self._handle_numbers)
         version = RemoteVersion(self.client, file.metadata, file, self)
-        self._handles[handle] = OpenFile(file, version, AccessPattern(self.readahead, file.metadata.size))
+        keep_cache = file.kernel_version == version.object_id
+        file.kernel_version = version.object_id
+        self._handles[handle] = OpenFile(file, version, AccessPattern(self.readahead, file.metadata.size), keep_cache)
         self._plan_index(file, version)
         return handle
+
+    def keeps_kernel_cache(self, handle: int) -> bool:
+        """Whether the kernel's cached pages of the handle's file are of the handle's version (False on the
+        first open and the first after a change: the kernel then drops them)."""
+        return self._handles[handle].keep_cache
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer only at end of file) of the version opened."""
@@ -249,10 +273,15 @@ class FileEngine:
                 self.prefetcher.submit(opened.version, handle, decision.prefetch)
         try:
             sparse = decision.random_access and size <= _SPARSE_READ
-            return await self.store.read(opened.version, offset, size, sparse=sparse)
+            data = await self.store.read(opened.version, offset, size, sparse=sparse)
         except RemoteChanged:
             opened.file.stale = True
             raise
+        # No await from here to the return: the version is checked as the bytes leave.
+        current = opened.file.metadata
+        if current is not None and not current.same_version(opened.version.metadata):
+            raise RemoteChanged(opened.file.url, "the file changed at the origin since it was opened")
+        return data
 
     def _plan_index(self, file: RemoteFile, version: RemoteVersion) -> None:
         """On the first open of a version, prefetch the index its format's readers start with."""

@@ -1,6 +1,8 @@
 """The one exception hierarchy of rangefs.
 
     RangefsError
+    ├── FetchAborted          the fetch a reader joined was cancelled (its prefetch was abandoned, or the
+    │                         mount is stopping); the reader fetches for itself
     ├── UsageError            the user asked for something impossible (exit code 2 or 1, one line)
     │   ├── ConfigError       urls.txt problems, each as FILE:LINE: message
     │   └── MountError        mountpoint missing/busy/not empty, FUSE unavailable
@@ -19,6 +21,10 @@ from __future__ import annotations
 
 class RangefsError(Exception):
     """Base of every error rangefs raises on purpose."""
+
+
+class FetchAborted(RangefsError):
+    """The fetch a reader waited for was cancelled before it brought the bytes."""
 
 
 class UsageError(RangefsError):

@@ -189,9 +189,9 @@ class RangefsOperations(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
         handle = await self.engine.open(node.file_index)
-        # keep_cache: pages the kernel holds stay valid across opens, because a changed remote version is
-        # invalidated explicitly (invalidate_file). Warm re-reads then run at page-cache speed.
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle), keep_cache=True)
+        # keep_cache: pages the kernel holds stay valid across opens of one version, so warm re-reads run at
+        # page-cache speed; the first open of a new version makes the kernel drop them.
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle), keep_cache=self.engine.keeps_kernel_cache(handle))
 
     @_errno_boundary
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:

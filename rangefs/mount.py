@@ -133,6 +133,7 @@ async def _serve_with_cache(
             readahead=readahead,
             probe_concurrency=settings.probe_concurrency,
             metadata_ttl=settings.metadata_ttl,
+            revalidate_after=settings.revalidate_after,
             format_prefetch=settings.format_prefetch,
         )
         operations = RangefsOperations(

@@ -23,7 +23,7 @@ MiB = 1024 * 1024
 
 
 def block_files(cache_dir: Path) -> list[Path]:
-    return [path for path in (cache_dir / "blocks").rglob("*") if path.is_file() and path.name.isdigit()]
+    return [path for path in (cache_dir / "pieces").rglob("*") if path.is_file() and "+" in path.name]
 
 
 def disk_usage(directory: Path) -> int:
@@ -50,11 +50,11 @@ def test_size_limit_holds_while_reading_a_larger_file(origin: Origin, mount_fact
     mounted = mount_factory([url], "--cache-size", "16M", "--max-inflight", "8M", "--max-readahead", "8M")
     for _ in range(2):  # twice: the second pass evicts what the first one cached
         assert sha256_of(mounted.path / "big.bin") == hashlib.sha256(data).hexdigest()
-        assert disk_usage(mounted.cache_dir / "blocks") <= 16 * MiB
+        assert disk_usage(mounted.cache_dir / "pieces") <= 16 * MiB
         drop_page_cache()  # the second pass must reach the daemon, not the kernel's copy
     kept = block_files(mounted.cache_dir)
     assert 8 <= len(kept) <= 16
-    assert {int(path.name) for path in kept} >= {63}, "the most recently read blocks are the ones kept"
+    assert {int(path.name.split("+")[0]) // MiB for path in kept} >= {63}, "the most recently read blocks are kept"
     assert origin.bytes_sent_for("/big.bin") >= 2 * 64 * MiB - 16 * MiB
 
 
@@ -65,20 +65,20 @@ def test_corrupted_blocks_are_refetched_not_served(origin: Origin, mount_factory
     first = mount_factory([url], cache_dir=cache_dir)
     assert sha256_of(first.path / "c.bin") == hashlib.sha256(data).hexdigest()
     first.unmount()
-    corrupted = sorted(block_files(cache_dir), key=lambda p: int(p.name))[1:4]
+    corrupted = sorted(block_files(cache_dir), key=lambda p: int(p.name.split("+")[0]))[1:4]
     for path in corrupted:
         raw = bytearray(path.read_bytes())
         raw[len(raw) // 2] ^= 0xFF
         path.write_bytes(bytes(raw))
     origin.clear_log()
     second = mount_factory([url], cache_dir=cache_dir)
-    second.allowed_log_patterns.append("dropping corrupt block")
+    second.allowed_log_patterns.append("dropping corrupt piece")
     assert sha256_of(second.path / "c.bin") == hashlib.sha256(data).hexdigest()
     refetched = {record.range for record in origin.requests_for("/c.bin")}
     assert refetched, "the corrupted blocks must come from the origin again"
     fetched_bytes = origin.bytes_sent_for("/c.bin")
     assert fetched_bytes == len(corrupted) * MiB, "only the corrupted blocks"
-    assert second.log_text().count("dropping corrupt block") == len(corrupted)
+    assert second.log_text().count("dropping corrupt piece") == len(corrupted)
 
 
 def test_kill_minus_nine_never_leaves_a_wrong_byte(origin: Origin, mount_factory: MountFactory, tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_kill_minus_nine_never_leaves_a_wrong_byte(origin: Origin, mount_factory
     final = mount_factory(urls, cache_dir=cache_dir, name="final")
     for name, data in files.items():
         assert sha256_of(final.path / name.lstrip("/")) == hashlib.sha256(data).hexdigest()
-    leftovers = [p for p in (cache_dir / "blocks").rglob("*.tmp")]
+    leftovers = [p for p in (cache_dir / "pieces").rglob("*.tmp")]
     assert leftovers == [], "temporary files of killed daemons are cleaned up on the next mount"
 
 
@@ -142,7 +142,7 @@ def test_two_mounts_share_one_cache_directory(origin: Origin, mount_factory: Mou
     for thread in threads:
         thread.join(timeout=120)
     assert errors == []
-    assert disk_usage(cache_dir / "blocks") <= 24 * MiB
+    assert disk_usage(cache_dir / "pieces") <= 24 * MiB
 
 
 @contextlib.contextmanager

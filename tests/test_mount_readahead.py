@@ -118,9 +118,9 @@ def test_closing_a_file_stops_its_prefetch(origin: Origin, mount_factory: MountF
 
 
 def _assert_cache_holds_only_whole_blocks(cache_dir: Path) -> None:
-    files = [path for path in (cache_dir / "blocks").rglob("*") if path.is_file()]
+    files = [path for path in (cache_dir / "pieces").rglob("*") if path.is_file()]
     assert not [path for path in files if path.name.endswith(".tmp")], "no half-written block is left"
-    blocks = [path for path in files if path.name.isdigit()]
+    blocks = [path for path in files if "+" in path.name and not path.name.startswith(".")]
     assert blocks
     for path in blocks:
         raw = path.read_bytes()

@@ -1,6 +1,7 @@
-"""The on-disk block cache. Knows bytes keyed by (object id, block index); knows nothing of HTTP."""
+"""The on-disk block cache. Knows bytes keyed by PieceKey (object version and byte range); knows nothing of HTTP."""
 
 from rangefs.cache.blockfile import CHUNK_SIZE
-from rangefs.cache.store import BlockCache, CacheStatistics, chunk_key
+from rangefs.cache.key import PieceKey
+from rangefs.cache.store import BlockCache, CacheStatistics
 
-__all__ = ["CHUNK_SIZE", "BlockCache", "CacheStatistics", "chunk_key"]
+__all__ = ["CHUNK_SIZE", "BlockCache", "CacheStatistics", "PieceKey"]

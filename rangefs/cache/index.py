@@ -1,4 +1,4 @@
-"""CacheIndex: which blocks are on disk, how much space they take and when each was last used.
+"""CacheIndex: which pieces (blocks, chunks) are on disk, how much space they take and when each was last used.
 
 A SQLite database in the cache directory, shared by every process that uses the directory (WAL mode;
 every change is one short ``BEGIN IMMEDIATE`` transaction), so the size limit holds for the directory as a
@@ -23,19 +23,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-BlockKey = tuple[str, int]  # (object id, block index)
+from rangefs.cache.key import PieceKey
 
 # Seconds between batched writes of last-use times: LRU order is exact to within this.
 _TOUCH_INTERVAL = 2.0
+_KEY_MATCH = "object_id=? AND start=? AND length=?"
 # Seconds a process waits for another one's transaction (they last microseconds; a stuck one is a bug).
 _BUSY_TIMEOUT = 10.0
 
+# Version 0.1 named blocks by index alone ("blocks" table): dropped, its files are removed with it (store.py).
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS blocks (
-    object_id TEXT NOT NULL, idx INTEGER NOT NULL, size INTEGER NOT NULL, last_used REAL NOT NULL,
-    PRIMARY KEY (object_id, idx)
+DROP TABLE IF EXISTS blocks;
+CREATE TABLE IF NOT EXISTS pieces (
+    object_id TEXT NOT NULL, start INTEGER NOT NULL, length INTEGER NOT NULL, size INTEGER NOT NULL,
+    last_used REAL NOT NULL, PRIMARY KEY (object_id, start, length)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS blocks_by_last_use ON blocks (last_used);
+CREATE INDEX IF NOT EXISTS pieces_by_last_use ON pieces (last_used);
 CREATE TABLE IF NOT EXISTS usage (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
 INSERT OR IGNORE INTO usage VALUES (0, 0);
 CREATE TABLE IF NOT EXISTS objects (object_id TEXT PRIMARY KEY, description TEXT NOT NULL) WITHOUT ROWID;
@@ -53,6 +56,10 @@ class ObjectUsage:
     bytes: int
 
 
+def _row(key: PieceKey) -> tuple[str, int, int]:
+    return key.object_id, key.start, key.length
+
+
 class CacheIndex:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -62,7 +69,7 @@ class CacheIndex:
         # reconcile() repairs from the files on disk.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._touched: dict[BlockKey, float] = {}
+        self._touched: dict[PieceKey, float] = {}
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
@@ -76,15 +83,15 @@ class CacheIndex:
     def usage(self) -> int:
         return int(self._db.execute("SELECT bytes FROM usage").fetchone()[0])
 
-    def add_blocks(self, sizes: dict[BlockKey, int], limit: int | None) -> list[BlockKey]:
-        """Record blocks written to disk (one transaction); returns the least recently used blocks to delete
+    def add_pieces(self, sizes: dict[PieceKey, int], limit: int | None) -> list[PieceKey]:
+        """Record pieces written to disk (one transaction); returns the least recently used pieces to delete
         to stay within ``limit``."""
         db = self._transaction()
         try:
             now = self._clock()
             for key, size in sizes.items():
-                old = db.execute("SELECT size FROM blocks WHERE object_id=? AND idx=?", key).fetchone()
-                db.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", (*key, size, now))
+                old = db.execute(f"SELECT size FROM pieces WHERE {_KEY_MATCH}", _row(key)).fetchone()
+                db.execute("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?)", (*_row(key), size, now))
                 db.execute("UPDATE usage SET bytes = bytes + ?", (size - (old[0] if old else 0),))
             evicted = self._evict(db, limit, keep=set(sizes)) if limit is not None else []
             db.execute("COMMIT")
@@ -93,28 +100,29 @@ class CacheIndex:
             raise
         return evicted
 
-    def _evict(self, db: sqlite3.Connection, limit: int, keep: set[BlockKey]) -> list[BlockKey]:
+    def _evict(self, db: sqlite3.Connection, limit: int, keep: set[PieceKey]) -> list[PieceKey]:
         excess = int(db.execute("SELECT bytes FROM usage").fetchone()[0]) - limit
-        evicted: list[BlockKey] = []
+        evicted: list[PieceKey] = []
         if excess <= 0:
             return evicted
         self._flush_touches(db)  # evict by true recency, including hits not yet written
         freed = 0
-        for object_id, index, size in db.execute(
-            "SELECT object_id, idx, size FROM blocks ORDER BY last_used"
+        for object_id, start, length, size in db.execute(
+            "SELECT object_id, start, length, size FROM pieces ORDER BY last_used"
         ).fetchall():
             if freed >= excess:
                 break
-            if (object_id, index) in keep:
+            key = PieceKey(object_id, start, length)
+            if key in keep:
                 continue
-            evicted.append((object_id, index))
+            evicted.append(key)
             freed += size
-        db.executemany("DELETE FROM blocks WHERE object_id=? AND idx=?", evicted)
+        db.executemany(f"DELETE FROM pieces WHERE {_KEY_MATCH}", map(_row, evicted))
         db.execute("UPDATE usage SET bytes = bytes - ?", (freed,))
         return evicted
 
-    def evict_to(self, limit: int) -> list[BlockKey]:
-        """Drop least recently used blocks until at most ``limit`` bytes remain (``cache prune``)."""
+    def evict_to(self, limit: int) -> list[PieceKey]:
+        """Drop least recently used pieces until at most ``limit`` bytes remain (``cache prune``)."""
         db = self._transaction()
         try:
             evicted = self._evict(db, limit, keep=set())
@@ -124,8 +132,8 @@ class CacheIndex:
             raise
         return evicted
 
-    def remove_blocks(self, keys: Iterable[BlockKey]) -> None:
-        """Forget blocks whose files were, or are about to be, deleted."""
+    def remove_pieces(self, keys: Iterable[PieceKey]) -> None:
+        """Forget pieces whose files were, or are about to be, deleted."""
         keys = list(keys)
         if not keys:
             return
@@ -133,7 +141,7 @@ class CacheIndex:
         try:
             freed = 0
             for key in keys:
-                row = db.execute("DELETE FROM blocks WHERE object_id=? AND idx=? RETURNING size", key).fetchone()
+                row = db.execute(f"DELETE FROM pieces WHERE {_KEY_MATCH} RETURNING size", _row(key)).fetchone()
                 freed += row[0] if row else 0
             db.execute("UPDATE usage SET bytes = bytes - ?", (freed,))
             db.execute("COMMIT")
@@ -141,11 +149,11 @@ class CacheIndex:
             db.execute("ROLLBACK")
             raise
 
-    def blocks_of(self, object_id: str) -> list[BlockKey]:
-        rows = self._db.execute("SELECT idx FROM blocks WHERE object_id=?", (object_id,)).fetchall()
-        return [(object_id, row[0]) for row in rows]
+    def pieces_of(self, object_id: str) -> list[PieceKey]:
+        rows = self._db.execute("SELECT start, length FROM pieces WHERE object_id=?", (object_id,)).fetchall()
+        return [PieceKey(object_id, start, length) for start, length in rows]
 
-    def touch(self, key: BlockKey) -> None:
+    def touch(self, key: PieceKey) -> None:
         """Note a cache hit; written to the database in the next batch."""
         self._touched[key] = self._clock()
         if time.monotonic() - self._last_flush > _TOUCH_INTERVAL:
@@ -165,25 +173,38 @@ class CacheIndex:
 
     def _flush_touches(self, db: sqlite3.Connection) -> None:
         db.executemany(
-            "UPDATE blocks SET last_used=max(last_used, ?) WHERE object_id=? AND idx=?",
-            [(when, *key) for key, when in self._touched.items()],
+            f"UPDATE pieces SET last_used=max(last_used, ?) WHERE {_KEY_MATCH}",
+            [(when, *_row(key)) for key, when in self._touched.items()],
         )
         self._touched.clear()
         self._last_flush = time.monotonic()
 
-    def reconcile(self, on_disk: dict[BlockKey, tuple[int, float]], limit: int | None) -> list[BlockKey]:
-        """Make the index match the block files found on disk ((size, mtime) each); returns blocks to evict."""
+    def reconcile(
+        self, on_disk: dict[PieceKey, tuple[int, float]], limit: int | None, exists: Callable[[PieceKey], bool]
+    ) -> list[PieceKey]:
+        """Make the index match the piece files found on disk ((size, mtime) each); returns pieces to evict.
+
+        Another process may share the directory and add or evict pieces between the scan and this
+        transaction: a row missing from the scan is only dropped, and a file only adopted, once ``exists``
+        confirms it (under the write lock, so the other process cannot change it in between)."""
         db = self._transaction()
         try:
-            indexed = {(o, i): s for o, i, s in db.execute("SELECT object_id, idx, size FROM blocks")}
-            gone = [key for key in indexed if key not in on_disk]
-            db.executemany("DELETE FROM blocks WHERE object_id=? AND idx=?", gone)
+            indexed = {
+                PieceKey(o, start, length): size
+                for o, start, length, size in db.execute("SELECT object_id, start, length, size FROM pieces")
+            }
+            gone = [key for key in indexed if key not in on_disk and not exists(key)]
+            db.executemany(f"DELETE FROM pieces WHERE {_KEY_MATCH}", map(_row, gone))
             db.executemany(
-                "INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?)",
-                [(*key, size, mtime) for key, (size, mtime) in on_disk.items() if key not in indexed],
+                "INSERT OR IGNORE INTO pieces VALUES (?, ?, ?, ?, ?)",
+                [
+                    (*_row(key), size, mtime)
+                    for key, (size, mtime) in on_disk.items()
+                    if key not in indexed and exists(key)
+                ],
             )
-            db.execute("UPDATE usage SET bytes = (SELECT coalesce(sum(size), 0) FROM blocks)")
-            db.execute("DELETE FROM objects WHERE object_id NOT IN (SELECT DISTINCT object_id FROM blocks)")
+            db.execute("UPDATE usage SET bytes = (SELECT coalesce(sum(size), 0) FROM pieces)")
+            db.execute("DELETE FROM objects WHERE object_id NOT IN (SELECT DISTINCT object_id FROM pieces)")
             evicted = self._evict(db, limit, keep=set()) if limit is not None else []
             db.execute("COMMIT")
         except BaseException:
@@ -201,7 +222,7 @@ class CacheIndex:
 
     def objects(self) -> list[ObjectUsage]:
         rows = self._db.execute(
-            "SELECT b.object_id, o.description, count(*), sum(b.size) FROM blocks b"
+            "SELECT b.object_id, o.description, count(*), sum(b.size) FROM pieces b"
             " LEFT JOIN objects o ON o.object_id = b.object_id GROUP BY b.object_id ORDER BY 4 DESC"
         ).fetchall()
         return [ObjectUsage(row[0], json.loads(row[1] or "{}"), row[2], row[3]) for row in rows]

@@ -85,9 +85,13 @@ class MountSettings:
     # Hard limit on the block cache directory (shared by every mount using it). 10 GiB holds the working set
     # of a few large archives or videos and suits a laptop disk; a block past it evicts the least recently used.
     cache_size: int | None = 10 * GiB
-    # Seconds a probe result (size, ETag, Last-Modified) is trusted before an open revalidates it. Within it a
-    # remount sends no request at all; 5 minutes is what rclone uses for its directory cache.
+    # Seconds a probe result (size, ETag, Last-Modified) serves listings (getattr), also across remounts, without
+    # a request; 5 minutes is what rclone uses for its directory cache.
     metadata_ttl: float = 300.0
+    # Close-to-open consistency: an open revalidates a file whose metadata is older than this many seconds, so
+    # it sees any change made at the origin longer ago than that. 1 s lets a tool that opens a file several
+    # times in a row (or right after `ls -l` probed it) pay one round trip, not one per open.
+    revalidate_after: float = 1.0
     fuse_options: frozenset[str] = frozenset()
     user_agent: str = "rangefs"
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import trio
 
-from rangefs.blocks import BlockStore, PendingBlock, RangeSource
+from rangefs.blocks import BlockStore, RangeSource, Run
+from rangefs.budget import ByteBudget
 from rangefs.errors import RangefsError
 from rangefs.ranges import ByteRange
-from rangefs.readahead.budget import ByteBudget
 from rangefs.readahead.formats import Planner
 from rangefs.readahead.pattern import Prefetch
 
@@ -60,12 +60,15 @@ class Prefetcher:
         block_size = self.store.block_size
         wanted = range(prefetch.start // block_size, -(-prefetch.stop // block_size))
         # Reserved now, not when each part starts: a reader arriving meanwhile joins instead of fetching.
-        reserved = self.store.reserve(source, list(wanted))
+        reserved = self.store.reserve(source, wanted)
         self.stats.blocks_skipped += len(wanted) - len(reserved)
-        indices = sorted(reserved)
-        for first in range(0, len(indices), self._blocks_per_part):
-            part = {index: reserved[index] for index in indices[first : first + self._blocks_per_part]}
-            self._nursery.start_soon(self._fetch_part, source, (handle, prefetch.stream_id), part)
+        for first in range(0, len(reserved), self._blocks_per_part):
+            part = reserved[first : first + self._blocks_per_part]
+            try:
+                self._nursery.start_soon(self._fetch_part, source, (handle, prefetch.stream_id), part)
+            except BaseException:  # the mount is stopping: nobody will fetch the rest
+                self.store.abandon(reserved[first:])
+                raise
 
     def plan_index(self, source: RangeSource, planner: Planner) -> None:
         """Fetch the index structures a format planner finds (zip directory, MP4 moov), in the background."""
@@ -74,9 +77,8 @@ class Prefetcher:
         if first is not None and first.length:
             # Registered before the open returns, so the tool's own first read joins this fetch.
             block_size = self.store.block_size
-            self.store.start_fetches(
-                source, list(range(first.start // block_size, -(-first.stop // block_size))), demand=True
-            )
+            blocks = range(first.start // block_size, -(-first.stop // block_size))
+            self.store.start_fetches(source, blocks, demand=True)
         self._nursery.start_soon(self._run_plan, source, planner)
 
     async def _run_plan(self, source: RangeSource, planner: Planner) -> None:
@@ -110,8 +112,9 @@ class Prefetcher:
                 scope.cancel()
                 self.stats.parts_cancelled += 1
 
-    async def _fetch_part(self, source: RangeSource, key: StreamKey, part: dict[int, PendingBlock]) -> None:
-        size = len(part) * self.store.block_size
+    async def _fetch_part(self, source: RangeSource, key: StreamKey, part: Run) -> None:
+        """Fetch one part; its budget is held until its blocks are written to the cache (backpressure)."""
+        size = sum(piece.length for piece, _ in part)
         with trio.CancelScope() as scope:
             self._scopes[key].add(scope)
             try:
@@ -119,7 +122,7 @@ class Prefetcher:
                     self.stats.parts_started += 1
                     await self.store.fetch_reserved(source, part)
             finally:
-                self.store.abandon(source, part)
+                self.store.abandon(part)
                 scopes = self._scopes.get(key)
                 if scopes is not None:
                     scopes.discard(scope)

@@ -1,4 +1,4 @@
-"""ByteBudget: a limit on bytes in flight, shared by every prefetch of the mount."""
+"""ByteBudget: a limit on bytes held at once (prefetches in flight, and their cache writes), shared by a mount."""
 
 from __future__ import annotations
 
