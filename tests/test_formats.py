@@ -78,6 +78,27 @@ def test_mp4_planner_faststart_and_garbage() -> None:
     assert run(Mp4Planner(len(junk)), junk) == []
 
 
+_LARGE_HEADER = struct.pack(">I4s", 1, b"mdat")  # a box header saying a 64-bit size follows
+
+
+@pytest.mark.parametrize("mdat_size", [1_000, 100_000], ids=["in-first-read", "past-first-read"])
+@pytest.mark.parametrize(
+    "tail",
+    [b"xyz", b"\0" * 7, _LARGE_HEADER, _LARGE_HEADER + b"\0" * 7],
+    ids=["3-bytes", "7-bytes", "large-header", "large-header-15-bytes"],
+)
+def test_mp4_planner_ends_at_a_header_that_cannot_fit_before_eof(tail: bytes, mdat_size: int) -> None:
+    """Regression: the walk asked for the same few bytes before EOF forever, which froze the whole mount."""
+    data = box(b"ftyp", 16) + box(b"mdat", mdat_size) + tail
+    planner = Mp4Planner(len(data))
+    asked: list[ByteRange] = []
+    while (need := planner.next_range()) is not None:
+        assert need not in asked, f"asked again for {need}, which it was already fed"
+        asked.append(need)
+        planner.feed(need.start, data[need.start : need.stop])
+    assert planner.wanted() == []
+
+
 @given(st.binary(min_size=22, max_size=3000))
 def test_planners_never_ask_outside_the_file_nor_crash(data: bytes) -> None:
     for planner in (ZipPlanner(len(data)), Mp4Planner(len(data)), ParquetPlanner(len(data))):

@@ -89,7 +89,10 @@ class ZipPlanner(Planner):
 
 
 class Mp4Planner(Planner):
-    """Walk the top-level boxes from the start until the ``moov`` box is found, however far into the file."""
+    """Walk the top-level boxes from the start until the ``moov`` box is found, however far into the file.
+
+    ``_box`` is where the next box header starts; it only grows, by at least one header (8 bytes) per feed.
+    """
 
     _header = 16  # size (4), type (4), and a 64-bit size when the first says 1
 
@@ -99,13 +102,19 @@ class Mp4Planner(Planner):
 
     def feed(self, offset: int, data: bytes) -> None:
         position = self._box
-        while position + 8 <= offset + len(data) and position < self.file_size:
+        while position < self.file_size:
             local = position - offset
+            if self.file_size - position < 8:
+                self._finish()  # trailing bytes too few for a box header: there is no moov
+                return
             if local < 0 or local + 8 > len(data):
                 break
             size, kind = struct.unpack_from(">I4s", data, local)
             header = 8
             if size == 1:
+                if self.file_size - position < 16:
+                    self._finish()  # a 64-bit size that would run past EOF
+                    return
                 if local + 16 > len(data):
                     break
                 (size,) = struct.unpack_from(">Q", data, local + 8)
@@ -119,7 +128,8 @@ class Mp4Planner(Planner):
                 self._finish(ByteRange(position, min(position + size, self.file_size)))
                 return
             position += size
-        if position >= self.file_size:
+        if position >= self.file_size or position == self._box:
+            # Past EOF without a moov; or no header parsed from the bytes asked for, which would come again.
             self._finish()
             return
         self._box = position
