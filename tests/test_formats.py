@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rangefs.ranges import ByteRange
-from rangefs.readahead.formats import Mp4Planner, ParquetPlanner, Planner, ZipPlanner, planner_for
+from rangefs.readahead.formats import MAX_FEEDS, Mp4Planner, ParquetPlanner, Planner, ZipPlanner, planner_for
 
 
 def run(planner: Planner, data: bytes) -> list[ByteRange]:
@@ -97,6 +97,49 @@ def test_mp4_planner_ends_at_a_header_that_cannot_fit_before_eof(tail: bytes, md
         asked.append(need)
         planner.feed(need.start, data[need.start : need.stop])
     assert planner.wanted() == []
+
+
+class _StuckPlanner(Planner):
+    """A planner with the bug the step bound exists for: it asks for the same byte forever."""
+
+    def __post_init__(self) -> None:
+        self._need = ByteRange(0, 1)
+
+    def _feed(self, offset: int, data: bytes) -> None:
+        pass
+
+
+def test_a_plan_that_keeps_asking_is_abandoned_after_max_feeds() -> None:
+    planner = _StuckPlanner(10)
+    while planner.next_range() is not None:
+        planner.feed(0, b"x")
+    assert planner.feeds == MAX_FEEDS
+    assert planner.wanted() == []
+    planner.feed(0, b"x")
+    assert planner.feeds == MAX_FEEDS, "a finished plan ignores further feeds"
+
+
+@pytest.mark.parametrize("fault", ["short", "elsewhere"])
+def test_a_feed_that_does_not_cover_the_range_asked_ends_the_plan(fault: str) -> None:
+    data = make_zip(3)
+    planner = ZipPlanner(len(data))
+    need = planner.next_range()
+    assert need is not None
+    if fault == "short":
+        planner.feed(need.start, data[need.start : need.stop - 1])
+    else:
+        planner.feed(need.start + 1, data[need.start + 1 : need.stop])
+    assert planner.next_range() is None
+    assert planner.wanted() == []
+
+
+def test_a_feed_covering_more_than_asked_is_cut_to_the_range() -> None:
+    data = make_zip(300, comment=b"c" * 65_000)
+    planner = ZipPlanner(len(data))
+    assert planner.next_range() != ByteRange(0, len(data))
+    planner.feed(0, data)
+    assert planner.wanted() == run(ZipPlanner(len(data)), data)
+    assert planner.wanted()
 
 
 @given(st.binary(min_size=22, max_size=3000))
