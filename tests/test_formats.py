@@ -7,19 +7,29 @@ import struct
 import zipfile
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rangefs.ranges import ByteRange
 from rangefs.readahead.formats import MAX_FEEDS, Mp4Planner, ParquetPlanner, Planner, ZipPlanner, planner_for
 
 
-def run(planner: Planner, data: bytes) -> list[ByteRange]:
-    steps = 0
+def drive(planner: Planner, data: bytes) -> list[ByteRange]:
+    """Run a plan as the prefetcher does, from ``data`` cut at EOF, checking every step; the ranges asked for."""
+    asked: list[ByteRange] = []
     while (need := planner.next_range()) is not None:
+        assert len(asked) < MAX_FEEDS, "still asking past the step bound"
+        assert 0 <= need.start <= need.stop <= len(data), f"asked for {need} outside the file"
+        assert need not in asked, f"asked again for {need}, which it was already fed"
+        asked.append(need)
         planner.feed(need.start, data[need.start : need.stop])
-        steps += 1
-        assert steps < 50
+    for wanted in planner.wanted():
+        assert 0 <= wanted.start < wanted.stop <= len(data), f"wants {wanted} outside the file"
+    return asked
+
+
+def run(planner: Planner, data: bytes) -> list[ByteRange]:
+    drive(planner, data)
     return planner.wanted()
 
 
@@ -142,16 +152,121 @@ def test_a_feed_covering_more_than_asked_is_cut_to_the_range() -> None:
     assert planner.wanted()
 
 
-@given(st.binary(min_size=22, max_size=3000))
-def test_planners_never_ask_outside_the_file_nor_crash(data: bytes) -> None:
+def test_mp4_planner_with_many_boxes_past_the_first_read_gives_up_within_the_bound() -> None:
+    data = box(b"ftyp", 16) + box(b"mdat", 70_000) + box(b"free", 0) * 200 + box(b"moov", 100)
+    planner = Mp4Planner(len(data))
+    assert len(drive(planner, data)) == MAX_FEEDS
+    assert planner.wanted() == []
+
+
+# Property tests: whatever the bytes, a plan ends within MAX_FEEDS, never raises, and asks and wants only
+# bytes of the file (``drive`` checks each). Near-valid files reach the parsers' later branches, which
+# random bytes almost never do.
+_U32 = st.integers(0, 2**32 - 1) | st.integers(0, 400) | st.just(0xFFFFFFFF)
+_U64 = st.integers(0, 2**64 - 1) | st.integers(0, 400)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=3000))
+def test_planners_end_on_random_bytes(data: bytes) -> None:
     for planner in (ZipPlanner(len(data)), Mp4Planner(len(data)), ParquetPlanner(len(data))):
-        steps = 0
-        while (need := planner.next_range()) is not None and steps < 100:
-            assert 0 <= need.start <= need.stop <= len(data)
-            planner.feed(need.start, data[need.start : need.stop])
-            steps += 1
-        for wanted in planner.wanted():
-            assert 0 <= wanted.start < wanted.stop <= len(data)
+        drive(planner, data)
+
+
+_BOX_KINDS = st.sampled_from([b"moov", b"mdat", b"free"]) | st.binary(min_size=4, max_size=4)
+# Mostly true sizes, so that walks get far; otherwise a few bytes off, "to EOF" (0), "64-bit follows" (1), or any.
+_SIZE_FAULTS = st.sampled_from(["none", "none", "none", "near", "zero-or-one", "any"])
+
+
+@st.composite
+def mp4_files(draw: st.DrawFn) -> bytes:
+    """Top-level boxes, mostly after an ftyp, with true or faulty sizes (32- or 64-bit), then trailing bytes."""
+    parts = []
+    for kind in [draw(st.just(b"ftyp") | _BOX_KINDS), *draw(st.lists(_BOX_KINDS, max_size=6))]:
+        # Some boxes are larger than the first read, so the walk goes on with header-sized reads.
+        payload_size = draw(st.integers(0, 64) | st.sampled_from([65_536, 70_000]))
+        payload = draw(st.binary(max_size=min(payload_size, 16)))
+        payload += b"\0" * (payload_size - len(payload))
+        large = draw(st.booleans())
+        size = payload_size + (16 if large else 8)
+        fault = draw(_SIZE_FAULTS)
+        if fault == "near":
+            size = draw(st.integers(max(0, size - 9), size + 9))
+        elif fault == "zero-or-one":
+            size = draw(st.sampled_from([0, 1]))
+        elif fault == "any":
+            size = draw(st.integers(0, 2**64 - 1 if large else 2**32 - 1))
+        header = struct.pack(">I4sQ", 1, kind, size) if large else struct.pack(">I4s", size, kind)
+        parts.append(header + payload)
+    parts.append(draw(st.binary(max_size=20)))
+    return b"".join(parts)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(mp4_files())
+def test_mp4_planner_ends_on_near_valid_files(data: bytes) -> None:
+    planner = Mp4Planner(len(data))
+    drive(planner, data)
+    for wanted in planner.wanted():
+        assert data[wanted.start + 4 : wanted.start + 8] == b"moov"
+
+
+@st.composite
+def zip_tails(draw: st.DrawFn) -> bytes:
+    """An EOCD with arbitrary directory size and offset, perhaps after a ZIP64 record and locator pointing
+    anywhere, perhaps cut short; after a body that may push the start of the file out of the search window."""
+    body = b"\0" * draw(st.sampled_from([0, 70_000])) + draw(st.binary(max_size=200))
+    parts = [body]
+    if draw(st.booleans()):
+        record = b"PK\x06\x06" + struct.pack("<Q", 44) + b"\0" * 28 + struct.pack("<QQ", draw(_U64), draw(_U64))
+        record_at = len(body)
+        parts.append(record[: draw(st.sampled_from([56, 40, 10]))])
+        pointer = draw(st.just(record_at) | st.integers(max(0, record_at - 60), record_at + 60) | _U64)
+        parts.append(b"PK\x06\x07" + struct.pack("<IQI", 0, pointer, 1))
+        cd_size = draw(st.just(0xFFFFFFFF) | _U32)
+        cd_offset = draw(st.just(0xFFFFFFFF) | _U32)
+    else:
+        cd_size, cd_offset = draw(_U32), draw(_U32)
+    comment = draw(st.binary(max_size=40))
+    parts.append(b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, cd_size, cd_offset, len(comment)) + comment)
+    data = b"".join(parts)
+    return data[: len(data) - draw(st.integers(0, 25))]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(zip_tails())
+def test_zip_planner_ends_on_near_valid_files(data: bytes) -> None:
+    planner = ZipPlanner(len(data))
+    drive(planner, data)
+    if planner.wanted():
+        eocd = planner.wanted()[-1]
+        assert data[eocd.start : eocd.start + 4] == b"PK\x05\x06"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 5),
+    st.booleans(),
+    st.lists(st.tuples(st.integers(1, 120), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_zip_planner_ends_on_real_archives_with_a_damaged_tail(
+    members: int, zip64: bool, damage: list[tuple[int, int]]
+) -> None:
+    damaged = bytearray(make_zip(members, zip64=zip64))
+    for distance, value in damage:
+        damaged[-min(distance, len(damaged))] = value
+    drive(ZipPlanner(len(damaged)), bytes(damaged))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), _U32, st.binary(max_size=8), st.integers(0, 12))
+def test_parquet_planner_ends_on_near_valid_files(body: bytes, length: int, tail: bytes, cut: int) -> None:
+    data = b"PAR1" + body + struct.pack("<I", length) + b"PAR1" + tail
+    data = data[: len(data) - cut]
+    planner = ParquetPlanner(len(data))
+    drive(planner, data)
+    if planner.wanted():
+        assert data[-4:] == b"PAR1"
 
 
 def test_parquet_footer() -> None:
