@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import zipfile
+from collections.abc import Awaitable, Callable
+from typing import cast
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rangefs.blocks import BlockStore, RangeSource
 from rangefs.ranges import ByteRange
 from rangefs.readahead.formats import MAX_FEEDS, Mp4Planner, ParquetPlanner, Planner, ZipPlanner, planner_for
+from rangefs.readahead.prefetcher import Prefetcher
 
 
 def drive(planner: Planner, data: bytes) -> list[ByteRange]:
@@ -279,3 +285,77 @@ def test_planner_choice_by_name() -> None:
     assert isinstance(planner_for("a/b/Data.ZIP", 1000), ZipPlanner)
     assert isinstance(planner_for("talk.mp4", 1000), Mp4Planner)
     assert planner_for("notes.txt", 1000) is None
+
+
+# The prefetcher's side: it runs a plan as a background task, which must contain a planner's failures.
+_URL = "http://origin/talk.mp4"
+
+
+class _CachedStore:
+    """The BlockStore seam a plan uses; every read is a cache hit, which returns without a trio checkpoint."""
+
+    block_size = 1024 * 1024
+
+    def start_fetches(self, source: RangeSource, indices: list[int], *, demand: bool) -> dict[int, object]:
+        return {}
+
+    async def read(self, source: RangeSource, offset: int, size: int, *, sparse: bool = False) -> bytes:
+        return bytes(size)
+
+
+class _Source:
+    def describe(self) -> dict[str, object]:
+        return {"url": _URL}
+
+
+def _run_plan(planner: Planner, *also: Callable[[], Awaitable[object]]) -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            store = cast(BlockStore, _CachedStore())
+            prefetcher = Prefetcher(store, max_inflight_bytes=1 << 20, part_size=1 << 20, nursery=nursery)
+            prefetcher.plan_index(cast(RangeSource, _Source()), planner)
+            for task in also:
+                nursery.start_soon(task)
+
+    trio.run(main)
+
+
+class _BrokenPlanner(Planner):
+    def __post_init__(self) -> None:
+        self._need = ByteRange(0, 8)
+
+    def _feed(self, offset: int, data: bytes) -> None:
+        raise struct.error("a planner bug")
+
+
+def test_a_planner_that_raises_ends_its_plan_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="rangefs.readahead.prefetcher"):
+        _run_plan(_BrokenPlanner(100))
+    assert [(record.levelno, _URL in record.getMessage()) for record in caplog.records] == [(logging.WARNING, True)]
+
+
+class _EndlessPlanner(Planner):
+    """Ignores ``done``, so the step bound cannot end it: only the prefetcher's checkpoint lets ``stop`` run."""
+
+    def __post_init__(self) -> None:
+        self.stopped = False
+
+    def next_range(self) -> ByteRange | None:
+        return None if self.stopped else ByteRange(0, 1)
+
+    def _feed(self, offset: int, data: bytes) -> None:
+        if self.feeds > 10_000:
+            raise AssertionError("the plan never let another task run")  # ends the test rather than hang it
+
+
+def test_a_plan_of_cached_reads_still_lets_other_tasks_run() -> None:
+    planner = _EndlessPlanner(100)
+
+    async def stop() -> None:
+        for _ in range(3):
+            await trio.lowlevel.checkpoint()
+        planner.stopped = True
+
+    _run_plan(planner, stop)
+    assert planner.stopped
+    assert planner.feeds < 100
