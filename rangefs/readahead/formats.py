@@ -8,12 +8,24 @@ cache hits, and the open costs a round trip or two instead of one per tool reque
 Each planner is a pure state machine: ``next_range()`` says which bytes it needs to look at, ``feed()``
 hands them over, and ``wanted()`` is what to prefetch once it knows. It never asks for more than the
 structure it parses (plus the block it sits in), and gives up quietly on anything it does not recognise.
+
+Every plan ends, whatever the bytes: the prefetcher loops until ``next_range()`` is None, and a cached read
+returns without yielding to trio, so a planner that kept asking would freeze the whole mount. Three rules
+make sure it cannot:
+
+- ``feed`` hands a subclass exactly the bytes it asked for; a read that does not cover them (a short read:
+  the object is not ``file_size`` bytes after all) ends the plan, since asking again would get the same.
+- Each feed either finishes or moves on to bytes strictly further into the file (the MP4 walk parses at least
+  one box header per feed), and a structure that cannot fit before EOF ends the plan.
+- A hard bound, ``MAX_FEEDS``, abandons any plan still asking after 64 feeds, so even a future planner
+  bug costs at most 64 reads. ``feed`` is final: subclasses implement ``_feed`` and cannot skip the count.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import final
 
 from rangefs.ranges import ByteRange
 
@@ -29,13 +41,28 @@ ZIP_SUFFIXES = (".zip", ".jar", ".war", ".whl", ".apk", ".epub", ".docx", ".xlsx
 MP4_SUFFIXES = (".mp4", ".m4v", ".m4a", ".mov", ".3gp", ".mj2", ".heic")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
+# Feeds after which a plan is abandoned. Zip and Parquet need one; MP4 one plus one per top-level box that
+# starts past the first read (two for ftyp, mdat, moov written without faststart). 64 is far above that,
+# and small enough that a runaway plan costs a few dozen small reads rather than a frozen mount.
+MAX_FEEDS = 64
+# The MP4 walk starts with this much: ftyp and either moov (a faststart file) or the mdat header fit in it.
+_MP4_FIRST_READ = 64 * 1024
+
 
 @dataclass
 class Planner:
+    """Base of the planners; it enforces the rules that make every plan end.
+
+    - ``_need``: the bytes ``feed`` expects next, inside ``[0, file_size]``; ignored once ``done``.
+    - ``_wanted``: set only by ``_finish``, and only with non-empty ranges of at most ``MAX_INDEX_BYTES``.
+    - ``feeds``: feeds so far; ``done`` is set by the time it reaches ``MAX_FEEDS``.
+    """
+
     file_size: int
     _need: ByteRange | None = None
     _wanted: list[ByteRange] = field(default_factory=list)
     done: bool = False
+    feeds: int = 0
 
     def __post_init__(self) -> None:
         """Subclasses set ``_need``, the first bytes they look at."""
@@ -48,7 +75,25 @@ class Planner:
         """Ranges to prefetch: the index structures found."""
         return self._wanted
 
+    @final
     def feed(self, offset: int, data: bytes) -> None:
+        """The bytes read at ``offset``; they should cover ``next_range()`` (more is fine, less ends the plan).
+
+        Ignored once the plan is done."""
+        need = self.next_range()
+        if need is None:
+            return
+        self.feeds += 1
+        skip = need.start - offset
+        if skip < 0 or skip + need.length > len(data):
+            self._finish()
+        else:
+            self._feed(need.start, data[skip : skip + need.length])
+        if not self.done and self.feeds >= MAX_FEEDS:
+            self._finish()
+
+    def _feed(self, offset: int, data: bytes) -> None:
+        """Parse exactly the bytes of ``_need`` (``offset`` is its start); set the next ``_need`` or ``_finish``."""
         raise NotImplementedError
 
     def _finish(self, *ranges: ByteRange) -> None:
@@ -62,7 +107,7 @@ class ZipPlanner(Planner):
     def __post_init__(self) -> None:
         self._need = ByteRange(max(0, self.file_size - _EOCD_SEARCH), self.file_size)
 
-    def feed(self, offset: int, data: bytes) -> None:
+    def _feed(self, offset: int, data: bytes) -> None:
         position = data.rfind(_EOCD)
         if position < 0 or len(data) - position < 22:
             self._finish()
@@ -89,23 +134,32 @@ class ZipPlanner(Planner):
 
 
 class Mp4Planner(Planner):
-    """Walk the top-level boxes from the start until the ``moov`` box is found, however far into the file."""
+    """Walk the top-level boxes from the start until the ``moov`` box is found, however far into the file.
+
+    ``_box`` is where the next box header starts; it only grows, by at least one header (8 bytes) per feed.
+    """
 
     _header = 16  # size (4), type (4), and a 64-bit size when the first says 1
 
     def __post_init__(self) -> None:
-        self._need = ByteRange(0, min(self.file_size, 64 * 1024))
+        self._need = ByteRange(0, min(self.file_size, _MP4_FIRST_READ))
         self._box = 0
 
-    def feed(self, offset: int, data: bytes) -> None:
+    def _feed(self, offset: int, data: bytes) -> None:
         position = self._box
-        while position + 8 <= offset + len(data) and position < self.file_size:
+        while position < self.file_size:
             local = position - offset
+            if self.file_size - position < 8:
+                self._finish()  # trailing bytes too few for a box header: there is no moov
+                return
             if local < 0 or local + 8 > len(data):
                 break
             size, kind = struct.unpack_from(">I4s", data, local)
             header = 8
             if size == 1:
+                if self.file_size - position < 16:
+                    self._finish()  # a 64-bit size that would run past EOF
+                    return
                 if local + 16 > len(data):
                     break
                 (size,) = struct.unpack_from(">Q", data, local + 8)
@@ -119,7 +173,8 @@ class Mp4Planner(Planner):
                 self._finish(ByteRange(position, min(position + size, self.file_size)))
                 return
             position += size
-        if position >= self.file_size:
+        if position >= self.file_size or position == self._box:
+            # Past EOF without a moov; or no header parsed from the bytes asked for, which would come again.
             self._finish()
             return
         self._box = position
@@ -132,7 +187,7 @@ class ParquetPlanner(Planner):
     def __post_init__(self) -> None:
         self._need = ByteRange(max(0, self.file_size - 8), self.file_size)
 
-    def feed(self, offset: int, data: bytes) -> None:
+    def _feed(self, offset: int, data: bytes) -> None:
         if len(data) < 8 or data[-4:] != b"PAR1":
             self._finish()
             return

@@ -84,11 +84,17 @@ class Prefetcher:
     async def _run_plan(self, source: RangeSource, planner: Planner) -> None:
         try:
             while (need := planner.next_range()) is not None:
+                # A cached read returns without a checkpoint: a plan that kept asking would hold the event loop.
+                await trio.lowlevel.checkpoint()
                 # Box headers are a few bytes: fetch their chunk, not a whole block.
                 small = need.length <= _SMALL_INDEX
                 planner.feed(need.start, await self.store.read(source, need.start, need.length, sparse=small))
         except RangefsError as error:
             log.debug("format-aware prefetch of %s stopped: %s", source.describe().get("url"), error)
+            return
+        except Exception:
+            # A bug (most likely a planner's): contained here, so the prefetch is lost but the mount stays up.
+            log.warning("format-aware prefetch of %s failed", source.describe().get("url"), exc_info=True)
             return
         for wanted in planner.wanted():
             log.debug("prefetching the index of %s: %s", source.describe().get("url"), wanted)
