@@ -24,6 +24,10 @@ class ByteBudget:
     def __repr__(self) -> str:
         return f"<ByteBudget {self.in_use}/{self.limit} bytes in use>"
 
+    def fits(self, size: int) -> bool:
+        """Whether ``hold(size)`` would be admitted now without waiting."""
+        return self.in_use == 0 or self.in_use + size <= self.limit
+
     @asynccontextmanager
     async def hold(self, size: int) -> AsyncIterator[None]:
         async with self._changed:

@@ -88,9 +88,16 @@ def test_kill_minus_nine_never_leaves_a_wrong_byte(origin: Origin, mount_factory
     rng = random.Random(8)
     for round_number in range(10):
         mounted = mount_factory(urls, cache_dir=cache_dir, name=f"crash{round_number}")
-        stop = threading.Event()
+        stop, killed = threading.Event(), threading.Event()
+        failures: list[str] = []
 
-        def hammer(seed: int, mounted: Mount = mounted, stop: threading.Event = stop) -> None:
+        def hammer(
+            seed: int,
+            mounted: Mount = mounted,
+            stop: threading.Event = stop,
+            killed: threading.Event = killed,
+            failures: list[str] = failures,
+        ) -> None:
             local = random.Random(seed)
             paths = sorted(files)
             while not stop.is_set():
@@ -99,18 +106,23 @@ def test_kill_minus_nine_never_leaves_a_wrong_byte(origin: Origin, mount_factory
                 offset = local.randrange(len(data))
                 try:
                     got = read_direct(mounted.path / name.lstrip("/"), offset, local.choice([4096, 300_000, 2 * MiB]))
-                except OSError:
-                    return  # the daemon is gone
-                assert got == data[offset : offset + len(got)], "a wrong byte was served"
+                except OSError as error:
+                    if not killed.is_set():  # an error while the daemon is alive is a failure, not its death
+                        failures.append(f"{name}@{offset}: {error} before the kill")
+                    return
+                if got != data[offset : offset + len(got)]:
+                    failures.append(f"{name}@{offset}: a wrong byte was served")
 
         readers = [threading.Thread(target=hammer, args=(round_number * 10 + n,)) for n in range(4)]
         for reader in readers:
             reader.start()
         time.sleep(rng.uniform(0.05, 0.6))
+        killed.set()
         os.kill(mounted.process.pid, signal.SIGKILL)
         stop.set()
         for reader in readers:
             reader.join(timeout=30)
+        assert failures == []
         mounted.unmount()
     final = mount_factory(urls, cache_dir=cache_dir, name="final")
     for name, data in files.items():

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +41,18 @@ log = logging.getLogger(__name__)
 _READ_ATTEMPTS = 3
 
 Run = list[tuple[PieceKey, Pending]]  # pieces of one request, adjacent, in file order
+
+
+@asynccontextmanager
+async def _closing(chunks: AsyncIterator[bytes]) -> AsyncIterator[None]:
+    """Close an async generator we stop reading early (trio warns about, and leaks, unclosed ones)."""
+    try:
+        yield
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):
+                await aclose()
 
 
 class RangeSource(Protocol):
@@ -77,6 +89,7 @@ class StoreStatistics:
     bytes_served: int = 0
     bytes_in_flight: int = 0
     bytes_waiting_for_disk: int = 0
+    pieces_not_cached: int = 0  # demand pieces the disk was too far behind to take
     fetch_errors: int = 0
 
 
@@ -113,7 +126,8 @@ class BlockStore:
         return f"<BlockStore {self.in_flight} {self.memory} {self.writer}>"
 
     def statistics(self) -> StoreStatistics:
-        self.stats.bytes_waiting_for_disk = self.writer.waiting_bytes
+        writer = self.writer.statistics()
+        self.stats.bytes_waiting_for_disk, self.stats.pieces_not_cached = writer.waiting_bytes, writer.pieces_skipped
         return self.stats
 
     # Keys ------------------------------------------------------------------------------------------------
@@ -302,7 +316,7 @@ class BlockStore:
         self.stats.bytes_fetched += wanted.length
         pieces = [(key, data[key.start - wanted.start : key.stop - wanted.start]) for key in keys]
         self._deliver(pieces)
-        await self.writer.write(pieces, source.describe())
+        await self.writer.write(pieces, source.describe(), wait=not demand)
 
     def _deliver(self, pieces: list[tuple[PieceKey, memoryview]]) -> None:
         """Fetched pieces into memory, then to their waiters (so no reader misses them in between)."""
@@ -341,13 +355,14 @@ class BlockStore:
         error: BaseException = FetchAborted("stream of the whole file was cancelled")
         self.stats.requests += 1
         try:
-            async with source.stream() as chunks:
+            async with source.stream() as chunks, _closing(chunks):
                 async for chunk in chunks:
                     self.stats.bytes_fetched += len(chunk)
                     completed = stream.feed(chunk)
                     if completed:
                         self._deliver(completed)
-                        await self.writer.write(completed, source.describe())
+                        # The stream is read ahead for everyone: let it wait for the disk, like a prefetch.
+                        await self.writer.write(completed, source.describe(), wait=True)
                     if not stream.waiting:
                         break
             if stream.waiting:

@@ -1,0 +1,117 @@
+"""Regressions for the paths by which 0.1 returned wrong bytes, hung or lost its cache (issue 9), on real mounts.
+
+Each test failed on 0.1; the number in its docstring is the path's number in the issue.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tests import faults
+from tests.conftest import MountFactory
+from tests.mounting import read_direct
+from tests.origin import Origin, pattern_bytes
+
+MiB = 1024 * 1024
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb") as stream:
+        return stream.read()
+
+
+def test_a_second_block_size_on_a_shared_cache_dir_reads_its_own_bytes(
+    origin: Origin, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """1: block 2 of a 1 MiB-block mount was served as block 2 of a 4 MiB-block mount."""
+    data = pattern_bytes(12 * MiB, seed=81)
+    url = origin.add("/sizes.bin", data)
+    cache_dir = tmp_path / "shared"
+    small = mount_factory([url], "--block-size", "1M", cache_dir=cache_dir, name="small")
+    assert read_direct(small.path / "sizes.bin", 2 * MiB, 4096) == data[2 * MiB : 2 * MiB + 4096]
+    small.unmount()
+    large = mount_factory([url], "--block-size", "4M", cache_dir=cache_dir, name="large")
+    assert read_direct(large.path / "sizes.bin", 8 * MiB, 4096) == data[8 * MiB : 8 * MiB + 4096]
+
+
+def test_an_open_after_a_change_sees_the_new_version_by_default(origin: Origin, mount_factory: MountFactory) -> None:
+    """Close-to-open: 0.1 served the old version's cached blocks for up to 300 s after a change."""
+    old, new = pattern_bytes(2 * MiB, seed=82), pattern_bytes(2 * MiB, seed=83)
+    url = origin.add("/c2o.bin", old)
+    mounted = mount_factory([url])
+    assert _read(mounted.path / "c2o.bin") == old
+    origin.add("/c2o.bin", new)
+    time.sleep(1.2)  # README: an open sees changes made more than --revalidate-after (1 s) before it
+    assert _read(mounted.path / "c2o.bin") == new
+
+
+def test_weak_etag_only_origin_change_is_seen(origin: Origin, mount_factory: MountFactory) -> None:
+    """2: an origin with only a weak ETag (no Last-Modified): 0.1 kept serving the old bytes from the cache."""
+    old, new = pattern_bytes(2 * MiB, seed=84), pattern_bytes(2 * MiB, seed=85)
+    origin.add("/weak.bin", old, last_modified=False)
+    origin.files["/weak.bin"].etag = 'W/"one"'
+    mounted = mount_factory([origin.url("/weak.bin")], "--metadata-ttl", "0")
+    assert _read(mounted.path / "weak.bin") == old
+    origin.add("/weak.bin", new, last_modified=False)
+    origin.files["/weak.bin"].etag = 'W/"two"'
+    assert _read(mounted.path / "weak.bin") == new
+
+
+def test_handles_of_a_replaced_version_cannot_refill_the_kernel_cache(
+    origin: Origin, mount_factory: MountFactory
+) -> None:
+    """4: the old version's blocks stayed in memory; a handle still open on it refilled the kernel's page cache,
+    where a new handle (keep_cache) found them."""
+    old, new = pattern_bytes(3 * MiB, seed=86), pattern_bytes(3 * MiB, seed=87)
+    url = origin.add("/pages.bin", old)
+    mounted = mount_factory([url], "--metadata-ttl", "0")
+    mounted.allowed_log_patterns.append("changed at the origin since it was opened")
+    path = mounted.path / "pages.bin"
+    old_fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(old_fd, len(old), 0) == old
+        origin.add("/pages.bin", new)
+        new_fd = os.open(path, os.O_RDONLY)  # revalidates: a new version
+        try:
+            try:
+                again = os.pread(old_fd, len(old), 0)
+            except OSError as error:
+                assert error.errno == 5  # EIO: the version this handle pinned is gone
+            else:
+                assert again in (old, new), "either the pinned version or, from the kernel's cache, the new one"
+            assert os.pread(new_fd, len(new), 0) == new
+        finally:
+            os.close(new_fd)
+    finally:
+        os.close(old_fd)
+    assert _read(path) == new
+
+
+def test_a_failing_revalidation_keeps_the_cached_version(origin: Origin, mount_factory: MountFactory) -> None:
+    """9: a 503 during revalidation wiped the file's cache and failed the open."""
+    data = pattern_bytes(2 * MiB + 5, seed=88)
+    url = origin.add("/keep.bin", data)
+    mounted = mount_factory([url], "--metadata-ttl", "0", "--timeout", "2")
+    mounted.allowed_log_patterns.append("cannot revalidate")
+    assert read_direct(mounted.path / "keep.bin", 0, len(data)) == data
+    origin.faults["/keep.bin"] = faults.status(503, {"Retry-After": "0"})
+    assert read_direct(mounted.path / "keep.bin", 0, len(data)) == data, "served from the cache"
+    del origin.faults["/keep.bin"]
+    origin.clear_log()
+    assert read_direct(mounted.path / "keep.bin", MiB, 4096) == data[MiB : MiB + 4096]
+    assert origin.requests_for("/keep.bin") == [], "the cached blocks were kept"
+
+
+def test_server_ignoring_ranges_with_a_cache_smaller_than_the_file(origin: Origin, mount_factory: MountFactory) -> None:
+    """10: a block the one stream had passed and that was evicted was range-fetched, got 200, and failed."""
+    data = pattern_bytes(12 * MiB + 3, seed=89)
+    url = origin.add("/noranges.bin", data)
+    origin.faults["/noranges.bin"] = faults.whole_file
+    tiny = ("--cache-size", "3M", "--max-readahead", "1M", "--max-inflight", "2M")
+    mounted = mount_factory([url], *tiny)
+    mounted.allowed_log_patterns.append("ignores range requests")
+    assert read_direct(mounted.path / "noranges.bin", 0, len(data)) == data
+    for offset in (MiB + 17, 5 * MiB, 0):  # long evicted from memory and disk: a new stream brings them
+        assert read_direct(mounted.path / "noranges.bin", offset, 4096) == data[offset : offset + 4096]
