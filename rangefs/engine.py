@@ -185,6 +185,11 @@ class FileEngine:
         expired = time.time() - file.probed_at >= self.revalidate_after
         return file.failure is not None or file.stale or expired
 
+    def probed(self, file_index: int) -> RemoteFile | None:
+        """The file if its first probe has ended, else None (without waiting)."""
+        file = self.files[file_index]
+        return file if file._probed.is_set() else None
+
     async def metadata(self, file_index: int) -> RemoteFile:
         """The file, once its first probe has ended (its ``metadata`` is None if that probe failed)."""
         file = self.files[file_index]

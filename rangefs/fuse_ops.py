@@ -114,7 +114,9 @@ class RangefsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
-    async def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+    async def _attributes(self, node: Node, *, wait: bool = True) -> pyfuse3.EntryAttributes:
+        """A node's attributes; a file's once its probe has ended, or without ``wait`` a placeholder (size 0)
+        that the kernel must not keep (zero timeouts: the next lookup or stat asks again, and waits)."""
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = pyfuse3.InodeT(node.inode)
         attrs.entry_timeout = attrs.attr_timeout = self._attr_timeout
@@ -122,9 +124,11 @@ class RangefsOperations(pyfuse3.Operations):
         attrs.st_blksize = self._block_size
         mtime_ns = self._mount_time_ns
         if isinstance(node, FileNode):
-            file = await self.engine.metadata(node.file_index)
-            size = file.metadata.size if file.metadata else 0
-            mtime = file.metadata.mtime if file.metadata else None
+            file = await self.engine.metadata(node.file_index) if wait else self.engine.probed(node.file_index)
+            if file is None:
+                attrs.entry_timeout = attrs.attr_timeout = 0
+            size = file.metadata.size if file and file.metadata else 0
+            mtime = file.metadata.mtime if file and file.metadata else None
             if mtime is not None:
                 mtime_ns = int(mtime * 1e9)
             attrs.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o444)
@@ -163,18 +167,10 @@ class RangefsOperations(pyfuse3.Operations):
         directory = self._node(fh)
         assert isinstance(directory, DirectoryNode)
         children = directory.sorted_children()
-        # Attributes for all listed files at once: their probes run concurrently, not one after another.
-        attributes: list[pyfuse3.EntryAttributes | None] = [None] * len(children)
-
-        async def fill(position: int) -> None:
-            attributes[position] = await self._attributes(children[position])
-
-        async with trio.open_nursery() as nursery:
-            for position in range(start_id, len(children)):
-                nursery.start_soon(fill, position)
+        # Names at once: a file still being probed (a slow or dead host) is listed with placeholder attributes
+        # the kernel does not keep, so `ls` never waits for probes and `ls -l` waits only in its own stat.
         for position in range(start_id, len(children)):
-            attrs = attributes[position]
-            assert attrs is not None
+            attrs = await self._attributes(children[position], wait=False)
             if not pyfuse3.readdir_reply(token, os.fsencode(children[position].name), attrs, position + 1):
                 break
 
