@@ -107,6 +107,8 @@ class RangefsOperations(pyfuse3.Operations):
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, pyfuse3.InodeT(inode), False)
         except OSError as error:
             log.debug("cannot invalidate inode %d: %s", inode, error)
+        except Exception:  # called from service tasks (probes): never let it end the mount
+            log.warning("cannot invalidate inode %d", inode, exc_info=True)
 
     def _node(self, inode: int) -> Node:
         node = self.namespace.get(inode)
@@ -193,6 +195,7 @@ class RangefsOperations(pyfuse3.Operations):
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         return await self.engine.read(fh, off, size)
 
+    @_errno_boundary
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         self.engine.release(fh)
 

@@ -115,3 +115,24 @@ def test_server_ignoring_ranges_with_a_cache_smaller_than_the_file(origin: Origi
     assert read_direct(mounted.path / "noranges.bin", 0, len(data)) == data
     for offset in (MiB + 17, 5 * MiB, 0):  # long evicted from memory and disk: a new stream brings them
         assert read_direct(mounted.path / "noranges.bin", offset, 4096) == data[offset : offset + 4096]
+
+
+def test_one_untrusted_header_fails_one_file_not_the_mount(origin: Origin, mount_factory: MountFactory) -> None:
+    """6: a 429 with `Retry-After: \\xb2` ("²" in Latin-1: isdigit() but not float()) made the mount-time probe
+    raise ValueError, and the whole mount disappeared. Every header is untrusted input."""
+    good = pattern_bytes(100_000, seed=90)
+    good_url = origin.add("/good.bin", good)
+    bad_url = origin.add("/bad.bin", good)
+    origin.faults["/bad.bin"] = faults.status(429, {"Retry-After": "\xb2"})
+    origin.add("/badlength.bin", good)
+    origin.faults["/badlength.bin"] = faults.only(("HEAD",), faults.status(200, {"Content-Length": "\xb2"}))
+    mounted = mount_factory([good_url, bad_url, origin.url("/badlength.bin")], "--timeout", "2")
+    mounted.allowed_log_patterns.append("WARNING")
+    assert sorted(os.listdir(mounted.path)) == ["bad.bin", "badlength.bin", "good.bin"]
+    for name in ("bad.bin", "badlength.bin"):
+        try:
+            _read(mounted.path / name)
+        except OSError as error:
+            assert error.errno in (5, 13), name
+    assert _read(mounted.path / "good.bin") == good, "the mount is still up"
+    assert "Traceback" not in mounted.log_text()

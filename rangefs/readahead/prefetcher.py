@@ -109,6 +109,8 @@ class Prefetcher:
             await self.store.read(source, wanted.start, wanted.length, sparse=True)
         except RangefsError as error:
             log.debug("prefetch of the index of %s failed: %s", source.describe().get("url"), error)
+        except Exception:  # a service task: a bug costs this prefetch, not the mount
+            log.warning("prefetch of the index of %s failed", source.describe().get("url"), exc_info=True)
 
     def cancel(self, handle: int, stream_ids: tuple[int, ...] | None = None) -> None:
         """Cancel the parts of the given streams of ``handle`` (all its streams when None)."""
