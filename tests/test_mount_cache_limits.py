@@ -189,7 +189,7 @@ def test_remount_of_many_fresh_urls_sends_no_request(
     urls = [origin.add(f"/n/{number:05d}", bytes([number % 256]) * (number % 100 + 1)) for number in range(10_000)]
     cache_dir = tmp_path / "cache"
     first = mount_factory(urls, cache_dir=cache_dir)
-    assert len(os.listdir(first.path)) == 10_000
+    assert len([entry.stat() for entry in os.scandir(first.path)]) == 10_000  # ls -l: waits for every probe
     first.unmount()
     origin.clear_log()
     started = time.monotonic()
