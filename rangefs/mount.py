@@ -17,23 +17,29 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from rangefs import kernel
-from rangefs.blocks import BlockStore
+from rangefs import kernel, stack
 from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings
-from rangefs.engine import FileEngine
 from rangefs.errors import MountError
 from rangefs.fuse_ops import RangefsOperations
 from rangefs.namespace import Namespace
-from rangefs.readahead import ReadaheadConfig
-from rangefs.readahead.prefetcher import Prefetcher
-from rangefs.remote import RemoteClient
 
 log = logging.getLogger(__name__)
 
 # Seconds the freshly mounted filesystem may take to answer its first request.
 _SERVING_TIMEOUT = 30.0
 _BASE_OPTIONS = frozenset({"fsname=rangefs", "subtype=rangefs", "ro", "default_permissions"})
+
+
+class _VanishedRequestFilter(logging.Filter):
+    """pyfuse3 logs at ERROR when a reply finds its request gone (ENOENT: the kernel stopped waiting, e.g. for
+    an interrupted read or a release racing an unmount). Nothing failed: it becomes a debug line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "fuse_reply_* failed with No such file" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger("pyfuse3").isEnabledFor(logging.DEBUG)
+        return True
 
 
 def check_fuse_available() -> None:
@@ -70,19 +76,24 @@ async def serve(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount, serve until unmounted or signalled, unmount."""
+    vanished = _VanishedRequestFilter()
+    logging.getLogger("pyfuse3").addFilter(vanished)
     # Signals are ours from here to the very end: one arriving during the clean-up after an unmount must not
     # kill the process half-way (the default action) and leave the pid file and the cache index behind.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        cache = BlockCache(settings.cache_dir, size_limit=settings.cache_size)
-        problem = cache.open()
-        if problem:
-            log.warning("%s", problem)
-        try:
-            await _serve_with_cache(
-                entries, mountpoint, settings, cache=cache, signals=signals, task_status=task_status
-            )
-        finally:
-            cache.close()
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            cache = BlockCache(settings.cache_dir, size_limit=settings.cache_size)
+            problem = cache.open()
+            if problem:
+                log.warning("%s", problem)
+            try:
+                await _serve_with_cache(
+                    entries, mountpoint, settings, cache=cache, signals=signals, task_status=task_status
+                )
+            finally:
+                cache.close()
+    finally:
+        logging.getLogger("pyfuse3").removeFilter(vanished)
 
 
 async def _serve_with_cache(
@@ -94,48 +105,7 @@ async def _serve_with_cache(
     signals: AsyncIterator[int],
     task_status: trio.TaskStatus[None],
 ) -> None:
-    async with (
-        RemoteClient(
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            total_timeout=settings.timeout,
-            verify=str(settings.ca_bundle) if settings.ca_bundle else True,
-            http2=settings.http2,
-            connections_per_host=settings.connections,
-            user_agent=settings.user_agent,
-        ) as client,
-        trio.open_nursery() as nursery,
-    ):
-        store = BlockStore(
-            cache,
-            block_size=settings.block_size,
-            max_request_size=settings.max_request_size,
-            nursery=nursery,
-            # Readahead brings a block up to a window (plus the parts in flight) ahead of its reader.
-            hot_bytes=max(2 * settings.max_readahead, settings.block_size),
-        )
-        prefetcher = Prefetcher(
-            store,
-            max_inflight_bytes=settings.max_inflight,
-            part_size=settings.prefetch_part_size,
-            nursery=nursery,
-        )
-        readahead = ReadaheadConfig(
-            block_size=settings.block_size,
-            max_window=settings.max_readahead,
-            request_size=settings.prefetch_part_size - settings.prefetch_part_size % settings.block_size,
-        )
-        engine = FileEngine(
-            entries,
-            client,
-            store,
-            prefetcher=prefetcher,
-            readahead=readahead,
-            probe_concurrency=settings.probe_concurrency,
-            metadata_ttl=settings.metadata_ttl,
-            revalidate_after=settings.revalidate_after,
-            format_prefetch=settings.format_prefetch,
-        )
+    async with stack.running_engine(entries, settings, cache) as engine, trio.open_nursery() as nursery:
         operations = RangefsOperations(
             Namespace(entries), engine, attr_timeout=settings.attr_timeout, block_size=settings.block_size
         )
@@ -156,7 +126,7 @@ async def _serve_with_cache(
                 task_status.started()
         finally:
             pyfuse3.close(unmount=True)
-            nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()  # and leaving running_engine cancels every fetch
             log.info("unmounted %s", mountpoint)
 
 

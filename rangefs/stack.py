@@ -1,0 +1,75 @@
+"""The engine stack: HTTP client, block store, prefetcher and file engine, wired from MountSettings.
+
+One place builds what a mount serves, so every face of rangefs (the FUSE mount, and code that reads remote
+files without FUSE) gets the same cache keys, limits, readahead and consistency. The caller owns the
+BlockCache (it decides what to do when the directory cannot be used) and runs the service nursery's life
+through this context manager: leaving it cancels every fetch and closes the connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from rangefs.blocks import BlockStore
+from rangefs.cache import BlockCache
+from rangefs.config import Entry, MountSettings
+from rangefs.engine import FileEngine
+from rangefs.readahead import ReadaheadConfig
+from rangefs.readahead.prefetcher import Prefetcher
+from rangefs.remote import RemoteClient
+
+
+def client_for(settings: MountSettings) -> RemoteClient:
+    return RemoteClient(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        total_timeout=settings.timeout,
+        verify=str(settings.ca_bundle) if settings.ca_bundle else True,
+        http2=settings.http2,
+        connections_per_host=settings.connections,
+        user_agent=settings.user_agent,
+    )
+
+
+@asynccontextmanager
+async def running_engine(
+    entries: Sequence[Entry], settings: MountSettings, cache: BlockCache, *, client: RemoteClient | None = None
+) -> AsyncIterator[FileEngine]:
+    """A FileEngine over ``entries`` whose service tasks (fetches, prefetches, cache writes) run until exit.
+
+    Probes are not started: the caller starts ``engine.run_probes`` when it wants them."""
+    async with client or client_for(settings) as remote, trio.open_nursery() as nursery:
+        store = BlockStore(
+            cache,
+            block_size=settings.block_size,
+            max_request_size=settings.max_request_size,
+            nursery=nursery,
+            # Readahead brings a block up to a window (plus the parts in flight) ahead of its reader.
+            hot_bytes=max(2 * settings.max_readahead, settings.block_size),
+        )
+        prefetcher = Prefetcher(
+            store, max_inflight_bytes=settings.max_inflight, part_size=settings.prefetch_part_size, nursery=nursery
+        )
+        readahead = ReadaheadConfig(
+            block_size=settings.block_size,
+            max_window=settings.max_readahead,
+            request_size=settings.prefetch_part_size - settings.prefetch_part_size % settings.block_size,
+        )
+        engine = FileEngine(
+            entries,
+            remote,
+            store,
+            prefetcher=prefetcher,
+            readahead=readahead,
+            probe_concurrency=settings.probe_concurrency,
+            metadata_ttl=settings.metadata_ttl,
+            revalidate_after=settings.revalidate_after,
+            format_prefetch=settings.format_prefetch,
+        )
+        try:
+            yield engine
+        finally:
+            nursery.cancel_scope.cancel()
