@@ -42,7 +42,7 @@ output: a markdown report (--out, under benchmarks/results/, not committed) with
 (seconds, and requests / MiB sent by nginx for each command, from its access log), the tools' logs and each
 command's access-log lines (logs/*.chain) beside it, and a PNG chart of the wan tools rows (--chart).
 
-A full run (wan; tools, random, sequential; 512 MiB) takes about 10-12 minutes on 2 cores. Needs root
+A full run (wan; tools, random, sequential; 512 MiB) takes about 4 minutes on 2 cores. Needs root
 (drop_caches, namespaces, kernel readahead tuning); benchmarks/setup.sh installs nginx, the competitors, the
 programs and what netns.sh needs. Only 127.0.0.1 and the 10.77.X.2 addresses of the run's own namespaces are
 contacted; every process it starts is ended by its PID, every mount unmounted.
