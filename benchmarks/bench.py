@@ -12,7 +12,6 @@ report and writes it to --out; the tools' logs go to a logs/ folder beside it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import shlex
@@ -87,10 +86,12 @@ def environment(work: Path, dropped: bool) -> dict[str, str]:
 def rangefs_source() -> str:
     """The commit of the rangefs that runs (the venv's, wherever it is installed from), and whether its source
     had uncommitted changes."""
-    spec = importlib.util.find_spec("rangefs")
-    if spec is None or spec.origin is None:
+    # Asked of a fresh interpreter: this one has the benchmark's repository root on sys.path, which may be a
+    # different checkout (a worktree) from the one the venv's rangefs command imports.
+    where = procs.run([sys.executable, "-c", "import rangefs; print(rangefs.__file__)"], timeout=30, cwd="/")
+    if not where.ok:
         return "unknown (rangefs is not importable)"
-    repo = Path(spec.origin).resolve().parent.parent
+    repo = Path(where.stdout.strip()).resolve().parent.parent
     head = procs.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], timeout=10)
     if not head.ok:
         return "unknown (not a git checkout)"

@@ -33,7 +33,9 @@ def render(run: Run, profile: str, title: str, path: Path) -> str | None:
         axes.bar([x for x, _ in bars], [value for _, value in bars], width, label=label)
     axes.set_yscale("log")
     axes.set_ylabel("seconds, cold (log scale; missing bar: failed or not run)")
-    axes.set_xticks(range(len(commands)), [textwrap.fill(command, 18) for command in commands], fontsize=8)
+    axes.set_xticks(
+        range(len(commands)), [textwrap.fill(command, 20, break_long_words=False) for command in commands], fontsize=8
+    )
     axes.set_title(title)
     axes.legend(fontsize=8)
     axes.grid(axis="y", which="both", alpha=0.3)

@@ -48,12 +48,18 @@ class Completed:
         return f"failed (exit {self.returncode}{': ' + last if last else ''})"
 
 
-def run(argv: Sequence[str], timeout: float, *, env: dict[str, str] | None = None) -> Completed:
+def run(argv: Sequence[str], timeout: float, *, env: dict[str, str] | None = None, cwd: str | None = None) -> Completed:
     """Run a command to completion or until ``timeout`` seconds; a timed-out child is killed by its PID."""
     started = time.monotonic()
     cpu_before = _children_cpu()
     with subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
     ) as child:
         try:
             stdout, stderr = child.communicate(timeout=timeout)
