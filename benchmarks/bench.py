@@ -1,93 +1,35 @@
-"""Benchmark rangefs against curl, aria2c, rclone mount and httpdirfs, over loopback and an emulated WAN.
+"""Benchmark rangefs against rclone, httpdirfs, curl and aria2c on nginx, at real round-trip times.
 
-    .venv/bin/python benchmarks/bench.py [--scenarios sequential,random,tools|all] [--size 512M]
-        [--profiles loopback,wan] [--tools rangefs,curl,aria2c,rclone,httpdirfs] [--out FILE]
+    .venv/bin/python benchmarks/bench.py                  # wan (40 ms RTT): tools, random, sequential
+    .venv/bin/python benchmarks/bench.py --only sqlite-pk --tools rangefs    # one thing, quickly
+    .venv/bin/python benchmarks/bench.py --help           # every option, profile and scenario
 
-Installs nothing: benchmarks/setup.sh installs the tools (see benchmarks/README.md). Needs root for
-drop_caches and kernel readahead tuning. Only 127.0.0.1 is used. Prints a markdown report and writes it to
---out; the tools' logs go to a logs/ folder beside it.
+Profiles with a round-trip time serve from nginx inside a network namespace (../shared/netem/netns.sh), so the
+kernel's TCP runs end to end. Installs nothing (benchmarks/setup.sh does). Needs root. Prints a markdown
+report and writes it to --out; the tools' logs go to a logs/ folder beside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
-import re
 import shlex
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchlib import origin, procs, realtools, report, scenarios, tools
-from benchlib.results import MiB, Run, Step, ToolResult
-
 HERE = Path(__file__).resolve().parent
-PROFILES = ("loopback", "wan")
-SCENARIOS = ("sequential", "random", "tools")
-DEFAULT_SCENARIOS = ("sequential", "random")  # tools is added with --scenarios (or all)
-_SIZE = re.compile(r"^(\d+)([KMG]?)(?:i?B)?$", re.IGNORECASE)
+sys.path.insert(1, str(HERE.parent))  # the repository root: the tests' shared helpers (tests/netns.py)
 
+from benchlib import chart, options, origin, procs, realtools, report, scenarios, tools  # noqa: E402
+from benchlib.results import MiB, Run, Step, ToolResult  # noqa: E402
 
-def parse_size(text: str) -> int:
-    match = _SIZE.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 512M, 1G)")
-    size = int(match.group(1)) * {"": 1, "K": 1024, "M": MiB, "G": 1024 * MiB}[match.group(2).upper()]
-    if size < MiB:
-        raise argparse.ArgumentTypeError("the file must be at least 1M")
-    return size
-
-
-def parse_list(allowed: tuple[str, ...], *, all_word: bool = False) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        chosen = [item.strip() for item in text.split(",") if item.strip()]
-        if all_word and chosen == ["all"]:
-            return list(allowed)
-        unknown = [item for item in chosen if item not in allowed]
-        if unknown or not chosen:
-            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)}" + (" or all" if all_word else ""))
-        return [item for item in allowed if item in chosen]  # canonical order: curl before the others
-
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--scenarios",
-        type=parse_list(SCENARIOS, all_word=True),
-        default=list(DEFAULT_SCENARIOS),
-        help="sequential,random,tools or all (default sequential,random)",
-    )
-    parser.add_argument("--size", type=parse_size, default=parse_size("512M"), help="test file size (default 512M)")
-    parser.add_argument("--profiles", type=parse_list(PROFILES), default=list(PROFILES), help="loopback,wan")
-    parser.add_argument(
-        "--tools", type=parse_list(tools.ALL_TOOLS), default=list(tools.ALL_TOOLS), help=",".join(tools.ALL_TOOLS)
-    )
-    parser.add_argument(
-        "--out", type=Path, help="markdown report file (default results/latest.md; tools only: results/tools/latest.md)"
-    )
-    parser.add_argument("--rtt-ms", type=float, default=40.0, help="round-trip time of the wan profile (40)")
-    parser.add_argument("--wan-rate", default="20m", help="nginx limit_rate per connection in the wan profile (20m)")
-    parser.add_argument("--random-reads", type=int, default=200, help="4 KiB random reads per run (200)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the random offsets (1)")
-    parser.add_argument("--read-timeout", type=float, default=240.0, help="seconds for one whole-file read (240)")
-    parser.add_argument("--random-timeout", type=float, default=150.0, help="seconds for one random-read run (150)")
-    parser.add_argument("--work-dir", type=Path, help="parent of the temporary directory (default: the system's)")
-    parser.add_argument("--rangefs-args", default="", help="extra rangefs mount arguments, e.g. '--connections 16'")
-    parser.add_argument("--py-spy", type=Path, help="record rangefs's loopback cold read with py-spy (raw format)")
-    parser.add_argument("--tool-timeout", type=float, default=90.0, help="seconds for one tools-scenario command (90)")
-    parser.add_argument(
-        "--prefetch-repeats", type=int, default=3, help="runs of each command with format prefetch on and off (3)"
-    )
-    return parser
+from tests import netns  # noqa: E402
 
 
 def throughput(scenarios_chosen: list[str]) -> bool:
@@ -95,19 +37,23 @@ def throughput(scenarios_chosen: list[str]) -> bool:
     return "sequential" in scenarios_chosen or "random" in scenarios_chosen
 
 
-def default_out(scenarios_chosen: list[str]) -> Path:
-    """A tools-only run reports to its own folder, so that it does not replace the throughput report."""
-    if throughput(scenarios_chosen):
-        return HERE / "results" / "latest.md"
-    return HERE / "results" / "tools" / "latest.md"
+def default_out(args: argparse.Namespace) -> Path:
+    """A partial run reports to its own folder, so that it does not replace the full run's report."""
+    full = set(args.scenarios) == set(options.SCENARIOS) and options.full_tools_run(args)
+    return HERE / "results" / ("latest.md" if full else "partial/latest.md")
 
 
-def missing_requirements(chosen: list[str], scenarios_chosen: list[str]) -> list[str]:
-    """Commands the run cannot do without, as 'command (Debian package)'."""
-    needed = ["nginx", "dd", "cmp"] if throughput(scenarios_chosen) else ["nginx"]
-    if any(tool in tools.FUSE_TOOLS for tool in chosen):
+def missing_requirements(args: argparse.Namespace, profiles: list[origin.Profile]) -> list[str]:
+    """What the run cannot do without."""
+    needed = ["nginx", "dd", "cmp"] if throughput(args.scenarios) else ["nginx"]
+    if any(tool in tools.FUSE_TOOLS for tool in args.tools):
         needed.append("fusermount3")
-    return [f"{command} (package {tools.PACKAGES[command]})" for command in needed if shutil.which(command) is None]
+    missing = [f"{command} (package {tools.PACKAGES[command]})" for command in needed if shutil.which(command) is None]
+    if any(profile.namespaced for profile in profiles):
+        reason = netns.skip_reason()
+        if reason:
+            missing.append(f"network namespaces: {reason}")
+    return missing
 
 
 def make_data(path: Path, size: int) -> None:
@@ -138,15 +84,21 @@ def environment(work: Path, dropped: bool) -> dict[str, str]:
 
 
 def rangefs_source() -> str:
-    """The commit rangefs was run from, and whether its source had uncommitted changes."""
-    repo = HERE.parent
+    """The commit of the rangefs that runs (the venv's, wherever it is installed from), and whether its source
+    had uncommitted changes."""
+    # Asked of a fresh interpreter: this one has the benchmark's repository root on sys.path, which may be a
+    # different checkout (a worktree) from the one the venv's rangefs command imports.
+    where = procs.run([sys.executable, "-c", "import rangefs; print(rangefs.__file__)"], timeout=30, cwd="/")
+    if not where.ok:
+        return "unknown (rangefs is not importable)"
+    repo = Path(where.stdout.strip()).resolve().parent.parent
     head = procs.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], timeout=10)
     if not head.ok:
         return "unknown (not a git checkout)"
     dirty = procs.run(["git", "-C", str(repo), "status", "--porcelain", "--", "rangefs"], timeout=10)
     changed = len(dirty.stdout.splitlines()) if dirty.ok else 0
     suffix = f" with uncommitted changes in {changed} files of rangefs/" if changed else ""
-    return f"commit {head.stdout.strip()}{suffix}"
+    return f"{repo}, commit {head.stdout.strip()}{suffix}"
 
 
 def load_report(work: Path) -> str:
@@ -165,115 +117,138 @@ def _filesystem_of(path: Path) -> str:
     return best[1]
 
 
-def versions(chosen: list[str], scenarios_chosen: list[str]) -> dict[str, str]:
+def versions(args: argparse.Namespace, commands: list[realtools.Command]) -> dict[str, str]:
     found = {"nginx": tools.version("nginx")}
-    for tool in chosen:
-        if tool not in tools.DOWNLOADERS or "sequential" in scenarios_chosen:
+    for tool in args.tools:
+        if tool not in tools.DOWNLOADERS or "sequential" in args.scenarios:
             found[tool] = tools.version(tool)
-    if "tools" in scenarios_chosen:
-        found.update(realtools.program_versions())
+    if "tools" in args.scenarios:
+        found.update(realtools.program_versions(commands))
     return found
 
 
-def run_tool(bench: scenarios.Bench, profile: origin.Profile, tool: str, base_url: str) -> ToolResult | None:
+def run_tool(bench: scenarios.Bench, served: origin.Origin, tool: str) -> ToolResult | None:
     """One tool under one profile; a tool that is missing or breaks gets a row saying so. None: the chosen
     scenarios have nothing for it (a downloader without the sequential scenario)."""
+    name = served.profile.name
     if tool in tools.DOWNLOADERS and "sequential" not in bench.scenarios:
         return None
     if tools.executable(tool) is None:
-        return ToolResult(profile.name, tool, cold=Step(status="not installed (benchmarks/setup.sh)"))
+        return ToolResult(name, tool, cold=Step(status="not installed (benchmarks/setup.sh)"))
     try:
-        case = scenarios.Case(profile, tool, base_url)
+        case = scenarios.Case(served, tool)
         if tool in tools.DOWNLOADERS:
             return scenarios.download(bench, case)
         return scenarios.fuse(bench, case)
     except Exception as error:  # one tool's failure is a row in the table, not the end of the run
-        bench.note(f"{tool} ({profile.name}) broke: {type(error).__name__}: {error}")
-        return ToolResult(profile.name, tool, cold=Step(status=f"error: {type(error).__name__}"))
+        bench.note(f"{tool} ({name}) broke: {type(error).__name__}: {error}")
+        return ToolResult(name, tool, cold=Step(status=f"error: {type(error).__name__}"))
 
 
 def describe(result: ToolResult, size: int) -> str:
     cold = result.cold
     speed = cold.mib_per_s(size)
-    text = f"{result.profile} {result.tool}: cold {cold.status}"
+    parts = []
     if speed is not None:
-        text += f" {cold.seconds:.2f} s {speed:.0f} MiB/s"
+        parts.append(f"cold {cold.seconds:.2f} s {speed:.0f} MiB/s")
+    elif cold.status != "ok":
+        parts.append(f"cold {cold.status}")
     if cold.traffic is not None:
-        text += f", {cold.traffic.requests} requests"
-    if result.random_cold is not None and result.random_cold.ok:
-        text += f", random p50 {result.random_cold.percentile(0.5):.2f} ms"
-    return text
+        parts.append(f"{cold.traffic.requests} requests")
+    if result.random_cold is not None:
+        p50 = result.random_cold.percentile(0.5)
+        parts.append(f"random p50 {p50:.2f} ms" if p50 is not None else f"random {result.random_cold.status}")
+    return f"{result.profile} {result.tool}: " + ", ".join(parts)
 
 
-def benchmark(args: argparse.Namespace, run: Run, work: Path) -> None:
-    """Serve the files, then run every chosen scenario under every profile; fills ``run``."""
-    www, logs = work / "www", work / "logs"
-    logs.mkdir()
-    data = www / "data.bin"
+def tcp_settings(namespace: str) -> str:
+    """The origin's congestion control and slow start after idle, inside its namespace: they decide how fast a
+    response leaves a new or idle connection (BBR paces an application-limited one at its bandwidth estimate)."""
+    found = []
+    for key in ("net.ipv4.tcp_congestion_control", "net.ipv4.tcp_slow_start_after_idle"):
+        done = procs.run(netns.exec_argv(namespace, ["sysctl", "-n", key]), timeout=10)
+        found.append(f"{key.rpartition('.')[2]} {done.stdout.strip() if done.ok else '?'}")
+    return ", ".join(found)
+
+
+def namespace_name(profile: origin.Profile) -> str:
+    """A namespace name unique to this run and profile, short enough for netns.sh's veth names (15 chars)."""
+    return f"rfb{os.getpid() % 100000}{profile.name[0]}{'t' if profile.rate else ''}"
+
+
+def benchmark(args: argparse.Namespace, run: Run, work: Path, tools_bench: realtools.ToolsBench) -> None:
+    """The local floors, then every chosen scenario under every profile, one origin at a time; fills ``run``."""
+    bench = tools_bench.bench
     if throughput(args.scenarios):
-        log(f"writing {args.size // MiB} MiB of random bytes to {data}")
-        make_data(data, args.size)
-    dropped = procs.drop_caches()
-    run.environment = environment(work, dropped)
-    wan = origin.Profile("wan", args.rtt_ms, args.wan_rate)
-    profiles = [origin.Profile("loopback", 0.0, None) if name == "loopback" else wan for name in args.profiles]
-    bench = scenarios.Bench(
-        work=work,
-        logs=logs,
-        data_file=data,
-        size=args.size,
-        access=origin.AccessLog(work / "nginx" / "access.log"),
-        timeouts=scenarios.Timeouts(read=args.read_timeout, random=args.random_timeout),
-        random_reads=args.random_reads,
-        seed=args.seed,
-        can_drop_caches=dropped,
-        rangefs_args=shlex.split(args.rangefs_args),
-        py_spy=args.py_spy.absolute() if args.py_spy else None,
-        notes=run.notes,
-        scenarios=frozenset(args.scenarios),
-    )
-    tools_bench = None
+        log(f"writing {args.size // MiB} MiB of random bytes to {bench.data_file}")
+        make_data(bench.data_file, args.size)
     if "tools" in args.scenarios:
-        log("making the tools scenario's files (zip, MP4 with ffmpeg, SQLite, tar): about half a minute")
-        tools_bench = realtools.ToolsBench(bench, www / "tools", args.tool_timeout, realtools.make_groups(args.seed))
+        log("making the tools scenario's files (zip, MP4 with ffmpeg, SQLite): about 15 s")
         realtools.make_files(tools_bench)
-    with contextlib.ExitStack() as stack:
-        ports = stack.enter_context(origin.running_nginx(work / "nginx", www, profiles))
-        urls = {}
-        for profile in profiles:
-            port = ports[profile.name]
-            if profile.rtt_ms > 0:
-                port = stack.enter_context(
-                    origin.running_proxy(port, profile.rtt_ms, logs / "delayproxy.log", run.notes)
-                )
-            urls[profile] = f"http://{procs.LOOPBACK}:{port}/"
-        if throughput(args.scenarios):
-            run_throughput(args, run, bench, urls)
-        if tools_bench is not None:
-            chosen = [tool for tool in args.tools if tool in tools.FUSE_TOOLS]
-            run.commands, run.prefetch = realtools.run_scenario(tools_bench, urls, chosen, args.prefetch_repeats, log)
-
-
-def run_throughput(args: argparse.Namespace, run: Run, bench: scenarios.Bench, urls: dict[origin.Profile, str]) -> None:
-    """The sequential and random scenarios: the local file, then every tool under every profile."""
-    log("local file baseline")
+    bench.can_drop_caches = procs.drop_caches()
+    run.environment = environment(work, bench.can_drop_caches)
+    log("the local file: the floor")
     run.local = scenarios.local_baseline(bench)
-    for profile, base_url in urls.items():
+    if "tools" in args.scenarios:
+        run.commands += realtools.local_runs(tools_bench)
+    for profile in run.profiles:
+        name = namespace_name(profile)
+        log(f"{profile.name}: starting nginx" + (f" in namespace {name}" if profile.namespaced else ""))
+        with origin.running_origin(work / f"nginx-{profile.name}", bench.data_file.parent, profile, name) as served:
+            log(f"{profile.name}: serving {served.base_url}")
+            if profile.namespaced:
+                run.environment[f"TCP of the origin ({profile.name})"] = tcp_settings(name)
+            run_profile(args, run, tools_bench, served)
+
+
+def run_profile(args: argparse.Namespace, run: Run, tb: realtools.ToolsBench, served: origin.Origin) -> None:
+    """Every chosen scenario on one origin: the tools, then the raw HTTP floor, then each tool's reads."""
+    bench = tb.bench
+    if "tools" in args.scenarios:
+        filesystems = [tool for tool in args.tools if tool in tools.FUSE_TOOLS]
+        run.commands += realtools.profile_runs(tb, served, filesystems, log)
+        if served.profile.name == "wan" and "rangefs" in filesystems and args.prefetch_repeats > 0:
+            log(f"tools wan: format-aware prefetch on and off, {args.prefetch_repeats} times each")
+            run.prefetch += realtools.prefetch_runs(tb, served, args.prefetch_repeats, bench.rangefs_args)
+    if "random" in args.scenarios:
+        floor = scenarios.raw_http_random(bench, served)
+        run.network_floor.append(floor)
+        log(describe(floor, args.size))
+    if throughput(args.scenarios):
         for tool in args.tools:
-            log(f"{profile.name}: {tool}")
-            result = run_tool(bench, profile, tool, base_url)
+            log(f"{served.profile.name}: {tool}")
+            result = run_tool(bench, served, tool)
             if result is not None:
                 run.results.append(result)
                 log(describe(result, args.size))
 
 
+def draw_chart(args: argparse.Namespace, run: Run, out: Path, *, complete: bool) -> None:
+    """The chart of the wan tools rows: to --chart, or to benchmarks/chart-wan.png for a complete full tools run
+    (a file to commit), else beside the report."""
+    if "tools" not in args.scenarios or "wan" not in [profile.name for profile in run.profiles]:
+        return
+    committed = complete and options.full_tools_run(args)
+    path = args.chart or (HERE / "chart-wan.png" if committed else out.parent / "chart-wan.png")
+    wan = next(profile for profile in run.profiles if profile.name == "wan")
+    title = f"Real tools through FUSE at {wan.rtt_ms} ms RTT (kernel TCP via netns), cold, seconds per command"
+    problem = chart.render(run, "wan", title, path)
+    if problem:
+        run.notes.append(f"no chart: {problem}")
+    else:
+        shown = path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path
+        run.chart = ("wan", str(shown))
+
+
 def keep_logs(work: Path, destination: Path) -> None:
-    """Copy the tools' logs (and nginx's) next to the report."""
+    """Copy the tools' logs (and each nginx's, named by profile) next to the report."""
     shutil.rmtree(destination, ignore_errors=True)
     destination.mkdir(parents=True)
-    for source in [*(work / "logs").glob("*"), *(work / "nginx").glob("*.log")]:
+    for source in (work / "logs").glob("*"):
         if source.is_file():
             shutil.copy2(source, destination / source.name)
+    for source in work.glob("nginx-*/*.log"):
+        shutil.copy2(source, destination / f"{source.parent.name}-{source.name}")
 
 
 def remove_work(work: Path, notes: list[str]) -> None:
@@ -290,44 +265,69 @@ def remove_work(work: Path, notes: list[str]) -> None:
 
 
 def _terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # run the finally blocks: unmount, end processes
+    raise SystemExit(128 + signum)  # run the finally blocks: unmount, end processes, take namespaces down
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out: Path = args.out or default_out(args.scenarios)
-    missing = missing_requirements(args.tools, args.scenarios)
+    args = options.parse(argv)
+    out: Path = args.out or default_out(args)
+    by_name = origin.profiles(args.rtt_ms, args.wan_rate)
+    profiles = [by_name[name] for name in args.profiles]
+    missing = missing_requirements(args, profiles)
     if missing:
-        print(f"bench: missing {', '.join(missing)}; run benchmarks/setup.sh", file=sys.stderr)
+        print(f"bench: missing {'; '.join(missing)}; run benchmarks/setup.sh", file=sys.stderr)
         return 2
     if os.geteuid() != 0:
         log("not root: the page cache cannot be dropped and rangefs cannot tune kernel readahead")
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    work = Path(tempfile.mkdtemp(prefix="rangefs-bench-", dir=args.work_dir)).resolve()
+    (work / "logs").mkdir()
+    bench = scenarios.Bench(
+        work=work,
+        logs=work / "logs",
+        data_file=work / "www" / "data.bin",
+        size=args.size,
+        timeouts=scenarios.Timeouts(read=args.read_timeout, random=args.random_timeout),
+        random_reads=args.random_reads,
+        seed=args.seed,
+        can_drop_caches=False,
+        rangefs_args=shlex.split(args.rangefs_args),
+        py_spy=args.py_spy.absolute() if args.py_spy else None,
+        py_spy_profile=profiles[0].name,
+        scenarios=frozenset(args.scenarios),
+    )
+    commands = realtools.choose(realtools.all_commands(args.seed), args.commands, bench)
+    tools_bench = realtools.ToolsBench(bench, work / "www" / "tools", args.tool_timeout, commands)
     run = Run(
         size=args.size,
-        profiles=args.profiles,
-        rtt_ms=args.rtt_ms,
-        wan_rate=args.wan_rate,
+        profiles=profiles,
         random_reads=args.random_reads,
         scenarios=args.scenarios,
-        versions=versions(args.tools, args.scenarios),
+        versions=versions(args, commands),
+        notes=bench.notes,
     )
-    work = Path(tempfile.mkdtemp(prefix="rangefs-bench-", dir=args.work_dir)).resolve()
+    started = time.monotonic()
+    complete = False
     try:
-        benchmark(args, run, work)
+        benchmark(args, run, work, tools_bench)
+        complete = True
     except (KeyboardInterrupt, SystemExit):
         run.notes.append("the run was interrupted: the tables are incomplete")
         raise
     finally:
         run.environment["Load average at end"] = load_report(work)
+        run.environment["Run time"] = f"{(time.monotonic() - started) / 60:.1f} minutes"
         keep_logs(work, out.parent / "logs")
         remove_work(work, run.notes)
         if args.py_spy and args.py_spy.exists():
             run.profile_summary = report.summarize_collapsed(args.py_spy.read_text(errors="replace"))
+        draw_chart(args, run, out, complete=complete)
         text = report.render(run)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(text)
+        log(f"report: {out}" + (f"; chart: {run.chart[1]}" if run.chart else ""))
     return 0
 
 

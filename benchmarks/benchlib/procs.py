@@ -48,12 +48,18 @@ class Completed:
         return f"failed (exit {self.returncode}{': ' + last if last else ''})"
 
 
-def run(argv: Sequence[str], timeout: float, *, env: dict[str, str] | None = None) -> Completed:
+def run(argv: Sequence[str], timeout: float, *, env: dict[str, str] | None = None, cwd: str | None = None) -> Completed:
     """Run a command to completion or until ``timeout`` seconds; a timed-out child is killed by its PID."""
     started = time.monotonic()
     cpu_before = _children_cpu()
     with subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
     ) as child:
         try:
             stdout, stderr = child.communicate(timeout=timeout)
@@ -176,16 +182,16 @@ def free_port() -> int:
         return port
 
 
-def wait_port(port: int, child: subprocess.Popen[bytes], timeout: float) -> str | None:
-    """Wait until 127.0.0.1:port accepts connections; the reason it did not, or None."""
+def wait_port(port: int, child: subprocess.Popen[bytes], timeout: float, host: str = LOOPBACK) -> str | None:
+    """Wait until host:port accepts connections; the reason it did not, or None."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.poll() is not None:
             return f"exited with code {child.returncode}"
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return None
         time.sleep(0.05)
-    return f"port {port} not accepting after {timeout:.0f} s"
+    return f"{host}:{port} not accepting after {timeout:.0f} s"
 
 
 def wait_for_text(path: Path, text: str, child: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -222,21 +228,48 @@ def _status_kib(pid: int, field: str) -> int | None:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time a running process has used so far."""
+    """User + system CPU time a running process has used so far, with that of the children it has reaped."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its living descendants (a daemon's worker processes), by the parent PIDs in /proc/*/stat
+    (this kernel has no /proc/PID/task/TID/children)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        pending += children.get(current, [])
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and of its descendants: the living ones' own and the reaped ones' (through
+    their parents), so workers that come and go are counted too."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_seconds(child) or 0.0 for child in process_tree(pid)[1:])
 
 
 class RssMonitor:
-    """Polls a process's VmRSS in a thread; ``peak_mib`` is the larger of that and its VmHWM. Also measures the
-    CPU time the process used while monitored."""
+    """Polls the summed VmRSS of a process and its descendants in a thread, every 0.1 s (a scan of /proc costs
+    ~1.6 ms); ``peak_mib`` is the largest sum seen, or the root's VmHWM if larger (a peak between two polls).
+    Also measures the CPU time the process tree used while monitored, and how many processes it had at most."""
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
         self.pid = pid
         self.cpu_seconds: float | None = None
+        self.processes = 0
         self._cpu_start: float | None = None
         self.interval = interval
         self._peak_kib = 0
@@ -244,26 +277,27 @@ class RssMonitor:
         self._thread = threading.Thread(target=self._poll, name=f"rss-{pid}", daemon=True)
 
     def __enter__(self) -> RssMonitor:
-        self._cpu_start = cpu_seconds(self.pid)
+        self._cpu_start = tree_cpu_seconds(self.pid)
         self._thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._sample("VmHWM")
-        end = cpu_seconds(self.pid)
-        if self._cpu_start is not None and end is not None:
-            self.cpu_seconds = end - self._cpu_start
         self._stop.set()
         self._thread.join(timeout=5)
+        self._sample()
+        self._peak_kib = max(self._peak_kib, _status_kib(self.pid, "VmHWM") or 0)
+        end = tree_cpu_seconds(self.pid)
+        if self._cpu_start is not None and end is not None:
+            self.cpu_seconds = end - self._cpu_start
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
-            self._sample("VmRSS")
+            self._sample()
 
-    def _sample(self, field: str) -> None:
-        value = _status_kib(self.pid, field)
-        if value is not None:
-            self._peak_kib = max(self._peak_kib, value)
+    def _sample(self) -> None:
+        tree = process_tree(self.pid)
+        self.processes = max(self.processes, len(tree))
+        self._peak_kib = max(self._peak_kib, sum(_status_kib(pid, "VmRSS") or 0 for pid in tree))
 
     @property
     def peak_mib(self) -> float | None:

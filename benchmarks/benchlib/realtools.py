@@ -1,11 +1,10 @@
-"""The tools scenario: real programs (unzip, bsdtar, 7z, Python's zipfile, ffprobe and ffmpeg, sqlite3, tar) on
-real files through a FUSE mount, and what each command costs at the origin.
+"""The tools scenario: real programs (unzip, ffprobe, ffmpeg, mpv, sqlite3, ...) on real files through a FUSE
+mount, and what each command costs at the origin.
 
-A group is a file and the commands run on it one after the other in one mount (``unzip -p`` after
-``unzip -l``, the ffmpeg seeks after ffprobe). Every group gets a fresh mount and a fresh cache directory,
-then drop_caches; each command runs twice, cold and then warm. The same commands on the local file give the
-expected output (compared by digest, with the file's path replaced) and a reference time. Every command runs
-in a child process with a timeout.
+Every command runs cold: on a fresh mount with a fresh cache directory, after drop_caches, and then once more
+in the same mount (warm). The same command on the local file after drop_caches is the floor and gives the
+expected output (compared by digest, with the file's path replaced). Every command runs in a child process
+with a timeout.
 """
 
 from __future__ import annotations
@@ -16,12 +15,13 @@ import random
 import re
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchlib import procs, tools
-from benchlib.origin import Profile
+from benchlib.origin import AccessLog, Origin, summarize
 from benchlib.results import CommandResult, CommandRun
 from benchlib.scenarios import Bench, Case, MountFailed, mounted
 
@@ -29,35 +29,30 @@ from benchlib.scenarios import Bench, Case, MountFailed, mounted
 ZIP_MEMBERS = 3000
 SQLITE_ROWS = 100_000
 TAR_MEMBERS = 120
-VIDEO_GROUPS = (("mp4-plain", "plain.mp4"), ("mp4-fast", "fast.mp4"))  # moov at the end; moov first
+VIDEO_FILES = ("plain.mp4", "fast.mp4")  # made together by makefiles.py (moov at the end; moov first)
 
 ZIP_MEMBER = "dir7/member-01207.dat"  # a stored member in the middle of the archive
-SEEKS = (31, 95, 151)  # seconds into the 210-second videos
-LOOKUPS = 20  # SQLite rows looked up by id
+SEEK_SECONDS = 120  # into the 210-second video
+LOOKUPS = 20  # rows of the extra SQLite command
 OFF = "--no-format-prefetch"
-PREFETCH_COMMANDS = (("zip-unzip", "unzip -l"), ("mp4-plain", "ffprobe"))  # (group, command) compared on/off
+PREFETCH_COMMANDS = ("unzip-l", "ffprobe")  # compared with format-aware prefetch on and off
 
 Argv = Callable[[Path, Path], list[str]]  # (file, scratch directory) -> the command
 
 
 @dataclass(frozen=True)
 class Command:
-    """One program run on the group's file; ``writes`` is a file it writes into the scratch directory;
-    ``program`` is what must be installed, when the command is not run directly (a shell redirection)."""
+    """One program run on one file. ``key`` names it on the command line (``--commands``); ``writes`` is a file
+    it writes into the scratch directory; ``program`` is what must be installed, when the command is not run
+    directly (a shell redirection); ``default``: part of a run without ``--commands``."""
 
+    key: str
     label: str
+    file_name: str
     argv: Argv
     writes: str | None = None
     program: str | None = None
-
-
-@dataclass(frozen=True)
-class Group:
-    """A file and the commands run on it in one mount, in order."""
-
-    key: str
-    file_name: str
-    commands: tuple[Command, ...]
+    default: bool = True
 
 
 @dataclass
@@ -67,15 +62,37 @@ class ToolsBench:
     bench: Bench
     files: Path  # the served directory (www/tools)
     timeout: float
-    groups: list[Group]
+    commands: list[Command]
     sizes: dict[str, int] = field(default_factory=dict)
-    expected: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (group, command) -> digest
+    expected: dict[str, str | None] = field(default_factory=dict)  # command key -> digest of the local run
 
-    def uri(self, group: Group) -> str:
-        return f"/{self.files.name}/{group.file_name}"
+    def uri(self, command: Command) -> str:
+        return f"/{self.files.name}/{command.file_name}"
 
 
 # --- the commands ----------------------------------------------------------------------------------------
+
+
+def _unzip_member(file: Path, scratch: Path) -> list[str]:
+    return ["sh", "-c", 'exec unzip -p "$1" "$2" > "$3"', "sh", str(file), ZIP_MEMBER, str(scratch / "member")]
+
+
+def _ffmpeg_frame(file: Path, scratch: Path) -> list[str]:
+    return ["ffmpeg", "-v", "error", "-nostdin", "-y", "-ss", str(SEEK_SECONDS), "-i", str(file), "-frames:v", "1",
+            str(scratch / "frame.png")]  # fmt: skip
+
+
+def _mpv_frame(file: Path, scratch: Path) -> list[str]:
+    """mpv as a user starts it, half way in, writing the first frame it shows as a PNG (no window, no audio)."""
+    return ["mpv", "--no-config", "--really-quiet", "--no-audio", "--ao=null", "--vo=image", "--vo-image-format=png",
+            f"--vo-image-outdir={scratch}", "--frames=1", "--start=50%", str(file)]  # fmt: skip
+
+
+def _sqlite(query: str) -> Argv:
+    def argv(file: Path, _scratch: Path) -> list[str]:
+        return ["sqlite3", "-batch", "-init", "/dev/null", f"file:{file}?immutable=1", query]
+
+    return argv
 
 
 def _zipfile_listing(file: Path, _scratch: Path) -> list[str]:
@@ -83,87 +100,91 @@ def _zipfile_listing(file: Path, _scratch: Path) -> list[str]:
     return [sys.executable, "-c", code, str(file)]
 
 
-def _unzip_member(file: Path, scratch: Path) -> list[str]:
-    return ["sh", "-c", 'exec unzip -p "$1" "$2" > "$3"', "sh", str(file), ZIP_MEMBER, str(scratch / "member")]
+def _on_file(*program: str) -> Argv:
+    return lambda file, _scratch: [*program, str(file)]
 
 
-def _ffmpeg_frame(seconds: int) -> Argv:
-    """ffmpeg seeking to ``seconds`` and writing the frame there as a PNG."""
-
-    def argv(file: Path, scratch: Path) -> list[str]:
-        return ["ffmpeg", "-v", "error", "-nostdin", "-y", "-ss", str(seconds), "-i", str(file), "-frames:v", "1",
-                str(scratch / "frame.png")]  # fmt: skip
-
-    return argv
-
-
-def _video_commands() -> tuple[Command, ...]:
-    probe = Command("ffprobe", lambda file, _s: ["ffprobe", "-v", "error", "-show_format", str(file)])
-    seeks = tuple(Command(f"ffmpeg -ss {at}", _ffmpeg_frame(at), writes="frame.png") for at in SEEKS)
-    return (probe, *seeks)
-
-
-def _sqlite_query(seed: int) -> str:
-    ids = sorted(random.Random(seed).sample(range(SQLITE_ROWS), LOOKUPS))
-    return f"SELECT count(*) FROM items WHERE id IN ({','.join(map(str, ids))})"
-
-
-def make_groups(seed: int) -> list[Group]:
-    """Every group of the scenario, in the order they run."""
-    query = _sqlite_query(seed)
+def all_commands(seed: int) -> list[Command]:
+    """Every command of the scenario, in the order they run: the default ones first."""
+    rng = random.Random(seed)
+    row = rng.randrange(SQLITE_ROWS)
+    ids = sorted(rng.sample(range(SQLITE_ROWS), LOOKUPS))
     return [
-        Group(
-            "zip-unzip",
-            "archive.zip",
-            (
-                Command("unzip -l", lambda file, _s: ["unzip", "-l", str(file)]),
-                Command(f"unzip -p {ZIP_MEMBER}", _unzip_member, writes="member", program="unzip"),
-            ),
+        Command("unzip-l", "unzip -l", "archive.zip", _on_file("unzip", "-l")),
+        Command("unzip-p", f"unzip -p {ZIP_MEMBER}", "archive.zip", _unzip_member, writes="member", program="unzip"),
+        Command(
+            "ffprobe", "ffprobe (moov at the end)", "plain.mp4", _on_file("ffprobe", "-v", "error", "-show_format")
         ),
-        Group("zip-bsdtar", "archive.zip", (Command("bsdtar -tf", lambda file, _s: ["bsdtar", "-tf", str(file)]),)),
-        Group("zip-7z", "archive.zip", (Command("7z l", lambda file, _s: ["7z", "l", str(file)]),)),
-        Group("zip-python", "archive.zip", (Command("python zipfile namelist", _zipfile_listing),)),
-        *(Group(key, name, _video_commands()) for key, name in VIDEO_GROUPS),
-        Group(
-            "sqlite",
+        Command("ffmpeg-ss", f"ffmpeg -ss {SEEK_SECONDS}, one frame", "plain.mp4", _ffmpeg_frame, writes="frame.png"),
+        Command("mpv-start", "mpv --start=50%, one frame", "plain.mp4", _mpv_frame, writes="00000001.png"),
+        Command(
+            "sqlite-pk",
+            "sqlite3, one primary-key lookup",
             "items.sqlite",
-            (
-                Command(
-                    f"sqlite3 immutable, {LOOKUPS} ids",
-                    lambda file, _s: ["sqlite3", "-batch", "-init", "/dev/null", f"file:{file}?immutable=1", query],
-                ),
-            ),
+            _sqlite(f"SELECT hex(payload) FROM items WHERE id = {row}"),
         ),
-        Group("tar", "files.tar", (Command("tar -tf", lambda file, _s: ["tar", "-tf", str(file)]),)),
+        # Extras (``--commands all`` or by key).
+        Command("bsdtar-tf", "bsdtar -tf", "archive.zip", _on_file("bsdtar", "-tf"), default=False),
+        Command("7z-l", "7z l", "archive.zip", _on_file("7z", "l"), default=False),
+        Command("zipfile", "python zipfile namelist", "archive.zip", _zipfile_listing, default=False),
+        Command(
+            "ffprobe-fast",
+            "ffprobe (moov first)",
+            "fast.mp4",
+            _on_file("ffprobe", "-v", "error", "-show_format"),
+            default=False,
+        ),
+        Command(
+            "sqlite-20",
+            f"sqlite3, {LOOKUPS} lookups",
+            "items.sqlite",
+            _sqlite(f"SELECT count(*) FROM items WHERE id IN ({','.join(map(str, ids))})"),
+            default=False,
+        ),
+        Command("tar-tf", "tar -tf", "files.tar", _on_file("tar", "-tf"), default=False),
     ]
 
 
-def prefetch_groups(groups: list[Group]) -> list[Group]:
-    """The one-command groups compared with format-aware prefetch on and off."""
-    wanted = dict(PREFETCH_COMMANDS)
-    return [
-        Group(f"{group.key}-prefetch", group.file_name, (command,))
-        for group in groups
-        for command in group.commands
-        if wanted.get(group.key) == command.label
-    ]
+COMMAND_KEYS = tuple(command.key for command in all_commands(0))
+DEFAULT_COMMANDS = tuple(command.key for command in all_commands(0) if command.default)
+
+
+def choose(commands: list[Command], keys: list[str], bench: Bench) -> list[Command]:
+    """The commands named by ``keys`` whose program is installed; a note for each one left out."""
+    chosen = []
+    for command in commands:
+        if command.key not in keys:
+            continue
+        program = command.program or command.argv(Path("FILE"), Path("SCRATCH"))[0]
+        if shutil.which(program) is None:
+            bench.note(f"tools: `{command.label}` not run: {program} is not installed (benchmarks/setup.sh)")
+            continue
+        chosen.append(command)
+    return chosen
+
+
+def prefetch_commands(commands: list[Command]) -> list[Command]:
+    return [command for command in commands if command.key in PREFETCH_COMMANDS]
 
 
 # --- the files -------------------------------------------------------------------------------------------
 
 
 def make_files(tb: ToolsBench) -> None:
-    """benchmarks/makefiles.py into the served directory; groups whose file could not be made are dropped."""
+    """benchmarks/makefiles.py into the served directory, only the files the chosen commands read; commands
+    whose file could not be made are dropped."""
+    needed = {command.file_name for command in tb.commands}
+    wanted = sorted({"video" if name in VIDEO_FILES else name for name in needed})
+    if "video" in wanted and shutil.which("ffmpeg") is None:
+        wanted.remove("video")
+        tb.bench.note("tools: ffmpeg is not installed (benchmarks/setup.sh): no MP4 files, no video commands")
     script = Path(__file__).resolve().parent.parent / "makefiles.py"
-    argv = [sys.executable, str(script), str(tb.files)]
-    if shutil.which("ffmpeg") is None:
-        argv.append("--no-video")
-        tb.bench.note("tools: ffmpeg is not installed (benchmarks/setup.sh): no MP4 files, no ffprobe/ffmpeg rows")
-    done = procs.run(argv, timeout=600)
-    if not done.ok:
-        raise RuntimeError(f"making the tools scenario's files failed: {done.problem()}")
+    if wanted:
+        done = procs.run([sys.executable, str(script), str(tb.files), "--only", ",".join(wanted)], timeout=600)
+        if not done.ok:
+            raise RuntimeError(f"making the tools scenario's files failed: {done.problem()}")
     tb.sizes = {path.name: path.stat().st_size for path in tb.files.iterdir() if path.is_file()}
-    tb.groups = [group for group in tb.groups if group.file_name in tb.sizes]
+    tb.commands = [command for command in tb.commands if command.file_name in tb.sizes]
 
 
 # --- running commands ------------------------------------------------------------------------------------
@@ -181,47 +202,35 @@ def _digest(file: Path, stdout: str, written: Path | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_command(tb: ToolsBench, command: Command, file: Path, scratch: Path, uri: str | None) -> CommandRun:
-    """Run ``command`` on ``file`` and count what nginx sent for ``uri`` meanwhile (None: a local file)."""
-    argv = command.argv(file, scratch)
-    program = command.program or argv[0]
-    if shutil.which(program) is None:
-        return CommandRun(status=f"{program} not installed")
-    mark = tb.bench.access.mark() if uri else 0
-    done = procs.run(argv, tb.timeout)
-    traffic = tb.bench.access.traffic_since(mark, uri) if uri else None
+def run_command(
+    tb: ToolsBench, command: Command, file: Path, scratch: Path, access: AccessLog | None, *, chain: Path | None
+) -> CommandRun:
+    """Run ``command`` on ``file`` and count what nginx sent for it meanwhile (``access`` None: a local file);
+    the access log's lines of the run go to ``chain``."""
+    mark = access.mark() if access else 0
+    started = time.time()
+    done = procs.run(command.argv(file, scratch), tb.timeout)
+    traffic = None
+    if access is not None:
+        lines = access.lines_since(mark)
+        traffic = summarize(lines, tb.uri(command))
+        if chain is not None:  # nginx's $msec is the same clock
+            span = f"# {command.label}: started {started:.3f}, ended {started + done.seconds:.3f}\n"
+            chain.write_text(span + "".join(line + "\n" for line in lines))
     if not done.ok:
         return CommandRun(status=done.problem(), seconds=done.seconds, traffic=traffic)
     written = scratch / command.writes if command.writes else None
     return CommandRun(seconds=done.seconds, traffic=traffic, output=_digest(file, done.stdout, written))
 
 
-def _check(tb: ToolsBench, group: Group, row: CommandResult) -> None:
+def _check(tb: ToolsBench, command: Command, row: CommandResult) -> None:
     """Mark a run whose output differs from the same command's on the local file."""
-    expected = tb.expected.get((group.key, row.command))
+    expected = tb.expected.get(command.key)
     for run in (row.cold, row.warm):
         if run is not None and run.ok and expected is not None and run.output != expected:
             run.status = "WRONG OUTPUT"
             where = f"{row.filesystem} ({row.profile})"
             tb.bench.note(f"tools: `{row.command}` on {row.file_name} through {where}: output differs from local")
-
-
-def run_group(
-    tb: ToolsBench, group: Group, file: Path, scratch: Path, where: tuple[str, str], *, warm: bool
-) -> list[CommandResult]:
-    """Every command of ``group`` on ``file`` in order, each cold and (when ``warm``) again right away.
-    ``where`` is (profile, filesystem); the origin's requests are counted unless the profile is "-" (local)."""
-    profile, filesystem = where
-    uri = None if profile == "-" else tb.uri(group)
-    rows = []
-    for command in group.commands:
-        row = CommandResult(profile, filesystem, group.file_name, tb.sizes[group.file_name], command.label)
-        row.cold = run_command(tb, command, file, scratch, uri)
-        if warm:
-            row.warm = run_command(tb, command, file, scratch, uri)
-        _check(tb, group, row)
-        rows.append(row)
-    return rows
 
 
 @contextlib.contextmanager
@@ -235,69 +244,82 @@ def _scratch(tb: ToolsBench, label: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _row(tb: ToolsBench, command: Command, profile: str, filesystem: str) -> CommandResult:
+    return CommandResult(profile, filesystem, command.file_name, tb.sizes[command.file_name], command.label)
+
+
 def local_runs(tb: ToolsBench) -> list[CommandResult]:
-    """Every group on the local file after drop_caches: the reference outputs and times."""
+    """Every command on the local file after drop_caches, then again: the floor and the expected outputs."""
     rows = []
-    for group in tb.groups:
-        tb.bench.drop_caches()
-        with _scratch(tb, f"local-{group.key}") as scratch:
-            found = run_group(tb, group, tb.files / group.file_name, scratch, ("-", "local"), warm=True)
-        for row in found:
-            tb.expected[(group.key, row.command)] = row.cold.output if row.cold.ok else None
-        rows += found
+    for command in tb.commands:
+        row = _row(tb, command, "-", "local")
+        file = tb.files / command.file_name
+        with _scratch(tb, f"local-{command.key}") as scratch:
+            tb.bench.drop_caches()
+            row.cold = run_command(tb, command, file, scratch, None, chain=None)
+            row.warm = run_command(tb, command, file, scratch, None, chain=None)
+        tb.expected[command.key] = row.cold.output if row.cold.ok else None
+        rows.append(row)
     return rows
 
 
-def mounted_group(
-    tb: ToolsBench, case: Case, group: Group, *, extra: list[str], label: str, warm: bool = True
-) -> list[CommandResult]:
-    """``group`` on a fresh mount of ``case.tool`` with a fresh cache directory, after drop_caches."""
+def mounted_run(
+    tb: ToolsBench, case: Case, command: Command, *, extra: list[str], warm: bool = True, tag: str = ""
+) -> CommandResult:
+    """``command`` on a fresh mount of ``case.tool`` with a fresh cache directory, after drop_caches; then again
+    in the same mount when ``warm``. ``tag`` tells repeats apart in the logs' names."""
     filesystem = f"{case.tool} {OFF}" if OFF in extra else case.tool
+    label = f"tools-{case.label}-{command.key}{tag}"
     cache = tb.bench.work / "cache" / label
     spec = tools.mount_spec(
         case.tool,
         base_url=f"{case.base_url}{tb.files.name}/",
-        file_name=group.file_name,
+        file_name=command.file_name,
         mountpoint=tb.bench.work / "mnt" / label,
         cache_dir=cache,
         logs=tb.bench.logs,
         label=label,
         extra_args=extra,
     )
+    row = _row(tb, command, case.profile.name, filesystem)
     try:
-        with mounted(tb.bench, spec, tb.sizes[group.file_name]), _scratch(tb, label) as scratch:
+        with mounted(tb.bench, spec, tb.sizes[command.file_name]), _scratch(tb, label) as scratch:
             tb.bench.drop_caches()
-            return run_group(tb, group, spec.file_path, scratch, (case.profile.name, filesystem), warm=warm)
+            chain = tb.bench.logs / f"{label}.chain"
+            row.cold = run_command(tb, command, spec.file_path, scratch, case.access, chain=chain)
+            if warm:
+                row.warm = run_command(tb, command, spec.file_path, scratch, case.access, chain=None)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+    _check(tb, command, row)
+    return row
 
 
-def _failed(tb: ToolsBench, profile: str, filesystem: str, group: Group, status: str) -> list[CommandResult]:
-    size = tb.sizes[group.file_name]
-    return [
-        CommandResult(profile, filesystem, group.file_name, size, command.label, cold=CommandRun(status=status))
-        for command in group.commands
-    ]
+def _failed(tb: ToolsBench, command: Command, profile: str, filesystem: str, status: str) -> CommandResult:
+    row = _row(tb, command, profile, filesystem)
+    row.cold = CommandRun(status=status)
+    return row
 
 
 def filesystem_runs(tb: ToolsBench, case: Case, extra: list[str], log: Callable[[str], None]) -> list[CommandResult]:
-    """Every group through one filesystem under one profile; after a failed mount the rest is skipped."""
+    """Every command through one filesystem under one profile; after a failed mount the rest is skipped."""
     rows: list[CommandResult] = []
     broken: str | None = None
-    for group in tb.groups:
+    profile = case.profile.name
+    for command in tb.commands:
         if broken is not None:
-            rows += _failed(tb, case.profile.name, case.tool, group, "skipped: an earlier mount failed")
+            rows.append(_failed(tb, command, profile, case.tool, "skipped: an earlier mount failed"))
             continue
         try:
-            found = mounted_group(tb, case, group, extra=extra, label=f"tools-{case.label}-{group.key}")
+            row = mounted_run(tb, case, command, extra=extra)
         except MountFailed as error:
             broken = str(error)
-            found = _failed(tb, case.profile.name, case.tool, group, broken)
+            row = _failed(tb, command, profile, case.tool, broken)
         except Exception as error:  # one tool's failure is a row in the table, not the end of the run
-            tb.bench.note(f"tools: {case.label} {group.key} broke: {type(error).__name__}: {error}")
-            found = _failed(tb, case.profile.name, case.tool, group, f"error: {type(error).__name__}")
-        log(f"{case.profile.name} {case.tool} {group.file_name}: " + "; ".join(_summary(row) for row in found))
-        rows += found
+            tb.bench.note(f"tools: {case.label} {command.key} broke: {type(error).__name__}: {error}")
+            row = _failed(tb, command, profile, case.tool, f"error: {type(error).__name__}")
+        log(f"{profile} {case.tool}: {_summary(row)}")
+        rows.append(row)
     return rows
 
 
@@ -311,74 +333,61 @@ def _summary(row: CommandResult) -> str:
     return text
 
 
-def prefetch_runs(
-    tb: ToolsBench, profile: Profile, base_url: str, repeats: int, extra: list[str]
-) -> list[CommandResult]:
+def prefetch_runs(tb: ToolsBench, origin: Origin, repeats: int, extra: list[str]) -> list[CommandResult]:
     """The first open of a zip and of an MP4 with format-aware prefetch on and off, ``repeats`` times each, in
     alternating order; each on a fresh mount and cache after drop_caches, cold only."""
     rows: list[CommandResult] = []
-    case = Case(profile, "rangefs", base_url)
+    case = Case(origin, "rangefs")
     for repeat in range(repeats):
         for off in (False, True) if repeat % 2 == 0 else (True, False):
             args = [*extra, OFF] if off else [arg for arg in extra if arg != OFF]
-            for group in prefetch_groups(tb.groups):
-                label = f"prefetch-{profile.name}-{group.key}-{'off' if off else 'on'}-{repeat}"
+            for command in prefetch_commands(tb.commands):
                 try:
-                    rows += mounted_group(tb, case, group, extra=args, label=label, warm=False)
+                    tag = f"-prefetch-{'off' if off else 'on'}-{repeat}"
+                    rows.append(mounted_run(tb, case, command, extra=args, warm=False, tag=tag))
                 except Exception as error:  # a row saying so, not the end of the run
-                    tb.bench.note(f"tools: {label} broke: {type(error).__name__}: {error}")
+                    tb.bench.note(f"tools: prefetch {command.key} broke: {type(error).__name__}: {error}")
                     filesystem = f"rangefs {OFF}" if off else "rangefs"
-                    rows += _failed(tb, profile.name, filesystem, group, f"error: {type(error).__name__}")
+                    rows.append(_failed(tb, command, origin.profile.name, filesystem, f"error: {type(error).__name__}"))
     return rows
 
 
-# --- the whole scenario ----------------------------------------------------------------------------------
-
-
-def run_scenario(
-    tb: ToolsBench,
-    urls: dict[Profile, str],
-    filesystems: list[str],
-    prefetch_repeats: int,
-    log: Callable[[str], None],
-) -> tuple[list[CommandResult], list[CommandResult]]:
-    """The local reference, then every group through every filesystem under every profile, then prefetch on
-    and off under the wan profile; returns (command rows, prefetch rows)."""
-    log("tools: the commands on the local file")
-    rows = local_runs(tb)
-    for profile, base_url in urls.items():
-        for tool in filesystems:
-            if tools.executable(tool) is None:
-                for group in tb.groups:
-                    rows += _failed(tb, profile.name, tool, group, "not installed (benchmarks/setup.sh)")
-                continue
-            log(f"tools {profile.name}: {tool}")
-            extra = tb.bench.rangefs_args if tool == "rangefs" else []
-            rows += filesystem_runs(tb, Case(profile, tool, base_url), extra, log)
-    wan = [profile for profile in urls if profile.name == "wan"]
-    if not wan or "rangefs" not in filesystems or prefetch_repeats < 1:
-        tb.bench.note("tools: format-aware prefetch on/off was not measured (it needs rangefs and the wan profile)")
-        return rows, []
-    log(f"tools wan: format-aware prefetch on and off, {prefetch_repeats} times each")
-    prefetch = prefetch_runs(tb, wan[0], urls[wan[0]], prefetch_repeats, tb.bench.rangefs_args)
-    return rows, prefetch
+def profile_runs(
+    tb: ToolsBench, origin: Origin, filesystems: list[str], log: Callable[[str], None]
+) -> list[CommandResult]:
+    """Every command through every filesystem under one profile."""
+    rows: list[CommandResult] = []
+    for tool in filesystems:
+        if tools.executable(tool) is None:
+            missing = "not installed (benchmarks/setup.sh)"
+            rows += [_failed(tb, command, origin.profile.name, tool, missing) for command in tb.commands]
+            continue
+        log(f"tools {origin.profile.name}: {tool}")
+        extra = tb.bench.rangefs_args if tool == "rangefs" else []
+        rows += filesystem_runs(tb, Case(origin, tool), extra, log)
+    return rows
 
 
 _VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?")
 VERSION_COMMANDS = {
     "unzip": ["unzip", "-v"],
+    "ffmpeg": ["ffmpeg", "-version"],
+    "mpv": ["mpv", "--version"],
+    "sqlite3": ["sqlite3", "--version"],
     "bsdtar": ["bsdtar", "--version"],
     "7z": ["7z", "i"],
-    "ffmpeg": ["ffmpeg", "-version"],
-    "sqlite3": ["sqlite3", "--version"],
     "tar": ["tar", "--version"],
 }
 
 
-def program_versions() -> dict[str, str]:
-    """The version of each program the scenario runs: the first version number it prints."""
+def program_versions(commands: list[Command]) -> dict[str, str]:
+    """The version of each program the chosen commands run: the first version number it prints."""
+    programs = {command.program or command.argv(Path("F"), Path("S"))[0] for command in commands}
+    programs |= {"ffmpeg"} if "ffprobe" in programs else set()
     found = {}
     for name, argv in VERSION_COMMANDS.items():
+        if name not in programs:
+            continue
         if shutil.which(argv[0]) is None:
             found[name] = "not installed"
             continue

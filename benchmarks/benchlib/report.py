@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from benchlib import toolsreport
+from benchlib import summary, toolsreport
+from benchlib.origin import Profile
 from benchlib.results import LatencyStep, MiB, Run, Step, ToolResult
 
 
 def render(run: Run) -> str:
-    parts = [f"# rangefs benchmark: {_subject(run)}, profiles {', '.join(run.profiles)}"]
+    parts = [f"# rangefs benchmark: {_subject(run)}, profiles {', '.join(p.name for p in run.profiles)}"]
+    for profile in run.profiles:
+        parts.append(_summary(run, profile))
     if "sequential" in run.scenarios:
         parts += ["## Cold sequential read\n\n" + cold_table(run), "## Warm re-read\n\n" + warm_table(run)]
     if "random" in run.scenarios:
@@ -31,6 +34,28 @@ def render(run: Run) -> str:
         parts.append("## Notes\n\n" + "\n".join(f"- {note}" for note in run.notes))
     parts.append("## How this was measured\n\n" + footer(run))
     return "\n\n".join(parts) + "\n"
+
+
+def describe_profile(profile: Profile) -> str:
+    if not profile.namespaced:
+        return f"{profile.name} (nginx on 127.0.0.1, no delay, no limit)"
+    rate = f", nginx `limit_rate {profile.rate}` per connection" if profile.rate else ""
+    return f"{profile.name} ({profile.rtt_ms} ms RTT through a network namespace{rate})"
+
+
+def _summary(run: Run, profile: Profile) -> str:
+    text = (
+        f"## Summary: {describe_profile(profile)}\n\nCold caches every time (a fresh mount and cache directory, "
+        "then drop_caches). Cells: seconds (requests / MiB the origin sent for the file, from nginx's access log). "
+        "Local floor: the same command on the local file after drop_caches. Network floor: the same reads "
+        "without a filesystem.\n\n" + summary.table(run, profile.name)
+    )
+    used = summary.resources(run, profile.name)
+    if used:
+        text += "\n\n" + used
+    if run.chart and run.chart[0] == profile.name:
+        text += f"\n\nChart of the tools rows: `{run.chart[1]}`"
+    return text
 
 
 def _throughput(run: Run) -> bool:
@@ -161,7 +186,7 @@ def random_table(run: Run) -> str:
     header = ["profile", "tool", "cold p50 ms", "cold p99 ms", "cold requests", "per read", "nginx bytes / read"]
     header += ["warm p50 ms", "warm p99 ms", "warm requests", "data (cold / warm)"]
     local = ToolResult("-", "local file", random_cold=run.local.random_cold, random_warm=run.local.random_warm)
-    results = [local, *run.results]
+    results = [local, *run.network_floor, *run.results]
     rows = [_random_row(result) for result in results if result.random_cold is not None]
     return _table(header, rows)
 
@@ -221,20 +246,22 @@ def _verdict(passed: bool | None) -> str:
     return "n/a" if passed is None else ("pass" if passed else "**MISS**")
 
 
-def _targets_for(run: Run, profile: str) -> list[Check]:
+def _targets_for(run: Run, where: Profile) -> list[Check]:
+    profile = where.name
     rangefs = run.find(profile, "rangefs")
     if rangefs is None:
         return []
     checks: list[Check] = []
     if "sequential" in run.scenarios:
         speed = rangefs.cold.mib_per_s(run.size)
-        if profile == "wan":
+        if where.rate:  # one throttled connection is slow: a filesystem should fetch over several
             checks.append(_speed_check(run, profile, speed, "curl", 4.0))
+        if where.namespaced:
             checks.append(_speed_check(run, profile, speed, "aria2c", 0.9))
         else:
             checks.append(_speed_check(run, profile, speed, "curl", 0.7))
     if "random" in run.scenarios:
-        checks += _random_checks(run, profile, rangefs)
+        checks += _random_checks(profile, where.rtt_ms, rangefs)
     if "sequential" in run.scenarios:
         checks += _warm_checks(run, profile, rangefs)
         rss = rangefs.rss_mib
@@ -252,11 +279,10 @@ def _speed_check(run: Run, profile: str, speed: float | None, other: str, factor
     return (f"{profile}: cold sequential vs {other}", f">= {factor:g}x", measured, passed)
 
 
-def _random_checks(run: Run, profile: str, rangefs: ToolResult) -> list[Check]:
+def _random_checks(profile: str, rtt: float, rangefs: ToolResult) -> list[Check]:
     cold = rangefs.random_cold
     if cold is None or not cold.ok:
         return [(f"{profile}: cold random 4 KiB read", "1 request, p50 <= RTT + 5 ms", _status(cold), None)]
-    rtt = run.rtt_ms if profile == "wan" else 0.0
     per_read = cold.requests_per_read()
     p50 = cold.percentile(0.5)
     return [
@@ -294,16 +320,15 @@ def _warm_checks(run: Run, profile: str, rangefs: ToolResult) -> list[Check]:
 
 def footer(run: Run) -> str:
     lines = [
-        "- Origin: nginx on 127.0.0.1 with ETag, Last-Modified and range support (nginx defaults), "
+        "- Origin: one nginx per profile with ETag, Last-Modified and range support (nginx defaults), "
         "`sendfile on`, keep-alive.",
-        "- Profiles: **loopback** = nginx directly, no limits. "
-        f"**wan** = nginx `limit_rate {run.wan_rate};` per connection (with `sendfile_max_chunk 64k;`: nginx paces a "
-        "connection after each sendfile chunk, and with its default 2 MiB chunks the last 2 MiB of every response "
-        f"would escape the limit), plus {run.rtt_ms:g} ms round-trip time. "
-        "This kernel has no sch_netem, so the RTT is emulated in user space by `benchmarks/delayproxy.py`, a "
-        "TCP proxy on 127.0.0.1 in front of nginx: it waits one RTT after accepting a connection (the "
-        "handshake), then forwards every chunk in each direction RTT/2 after the chunk arrived (a queue per "
-        "direction, so delays overlap and bandwidth is kept).",
+        "- Profiles: " + "; ".join(f"**{describe_profile(profile)}**" for profile in run.profiles) + ". "
+        "A profile with a round-trip time runs its nginx inside a network namespace made by "
+        "`../shared/netem/netns.sh` (veth pair; every packet arriving inside is held for the RTT by an NFQUEUE "
+        "program, then accepted), and the clients on the host connect to 10.77.X.2: the kernel's own TCP runs "
+        "end to end, so connection set-up, slow start and the window after idle cost what they cost on a real "
+        "link. A throttled profile adds `sendfile_max_chunk 64k;` (nginx paces a connection after each sendfile "
+        "chunk; with the default 2 MiB chunks the last 2 MiB of every response would escape the limit).",
     ]
     if _throughput(run):
         lines += _throughput_lines(run)
@@ -334,11 +359,14 @@ def _throughput_lines(run: Run) -> list[str]:
         f"- Random: `benchmarks/randread.py`: {run.random_reads} `pread`s of 4 KiB at seeded random 4 KiB-aligned "
         "offsets, each in a distinct 1 MiB block, on a fresh mount and cache after drop_caches (cold), then the "
         "same offsets again (warm); each read is checked against the local file. The local file row: the same "
-        "reads of the local file, after drop_caches and again.",
-        "- CPU s: user + system CPU time of the downloader, or of the FUSE daemon, during the cold read (not the "
-        "kernel's FUSE work on the reader's side).",
-        "- Peak RSS: the FUSE daemon's VmHWM (and VmRSS polled every 50 ms) during the cold sequential read; the "
-        "daemon's PID comes from the process we started (rangefs: its `--pid-file`).",
+        "reads of the local file, after drop_caches and again. The raw HTTP row: the same reads as serial "
+        "range requests on one kept-alive connection (Python's http.client), warmed by one untimed request "
+        "(counted in its requests), after drop_caches: the network's floor for a random read.",
+        "- CPU s: user + system CPU time of the downloader, or of the FUSE daemon's processes (the one we started "
+        "and its descendants), during the cold read (not the kernel's FUSE work on the reader's side).",
+        "- Peak RSS: the largest sum of VmRSS over the FUSE daemon's processes (polled every 0.1 s), or the main "
+        "process's VmHWM if larger, during the cold sequential read; the daemon's PID comes from the process we "
+        "started (rangefs: its `--pid-file`).",
     ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from benchlib.origin import Traffic
+from benchlib.origin import Profile, Traffic
 
 MiB = 1024 * 1024
 
@@ -64,8 +64,9 @@ class ToolResult:
     cold: Step = field(default_factory=Step)
     warm: Step | None = None  # re-reads in the same mount (the page cache): the median
     disk: Step | None = None  # re-read after unmount, drop_caches and remount: the tool's disk cache
-    rss_mib: float | None = None
-    cpu_seconds: float | None = None  # CPU time of the downloader, or of the FUSE daemon, during the cold read
+    rss_mib: float | None = None  # peak of the daemon's processes' summed resident memory
+    cpu_seconds: float | None = None  # CPU time of the downloader, or of the FUSE daemon's processes, cold read
+    processes: int | None = None  # most processes the FUSE daemon had at once during the cold read
     reported_requests: int | None = None  # what the tool itself counted (rangefs stats)
     warm_daemon_bytes: int | None = None  # bytes the daemon served during the warm reads (rangefs stats)
     verified: str | None = None  # "ok", or what differed from the local file
@@ -115,17 +116,17 @@ class Run:
     """A whole benchmark run, with what the footer needs to say about it."""
 
     size: int
-    profiles: list[str]
-    rtt_ms: float
-    wan_rate: str
+    profiles: list[Profile]
     random_reads: int
     scenarios: list[str] = field(default_factory=lambda: ["sequential", "random"])
     local: LocalBaseline = field(default_factory=LocalBaseline)
     results: list[ToolResult] = field(default_factory=list)
+    network_floor: list[ToolResult] = field(default_factory=list)  # raw HTTP random reads, per profile
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     profile_summary: str | None = None
+    chart: tuple[str, str] | None = None  # (profile, path) of the chart of the tools scenario
     commands: list[CommandResult] = field(default_factory=list)  # the tools scenario
     prefetch: list[CommandResult] = field(default_factory=list)  # format-aware prefetch on and off, repeated
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchlib import procs, tools
-from benchlib.origin import AccessLog, Profile
+from benchlib.origin import AccessLog, Origin, Profile
 from benchlib.results import LatencyStep, LocalBaseline, Step, ToolResult
 
 # Warm reads are short and the machine is shared: each is the median of this many reads.
@@ -47,13 +47,13 @@ class Bench:
     logs: Path
     data_file: Path
     size: int
-    access: AccessLog
     timeouts: Timeouts
     random_reads: int
     seed: int
     can_drop_caches: bool
     rangefs_args: list[str] = field(default_factory=list)
-    py_spy: Path | None = None  # record rangefs's loopback cold read here (py-spy raw format)
+    py_spy: Path | None = None  # record rangefs's cold read here (py-spy raw format)
+    py_spy_profile: str = ""  # ... under this profile
     notes: list[str] = field(default_factory=list)
     scenarios: frozenset[str] = frozenset({"sequential", "random"})
     _noted: set[str] = field(default_factory=set, init=False, repr=False)
@@ -114,10 +114,11 @@ def repeated_read(path: Path, size: int, timeout: float, times: int = WARM_REPEA
     return Step(seconds=statistics.median(seconds))
 
 
-def random_reads(bench: Bench, path: Path, label: str) -> LatencyStep:
-    """benchmarks/randread.py in a child process; each read is compared with the local file."""
+def random_reads(bench: Bench, source: Path | str, label: str) -> LatencyStep:
+    """benchmarks/randread.py in a child process on a file (or a URL); each read is compared with the local
+    file."""
     script = Path(__file__).resolve().parent.parent / "randread.py"
-    argv = [sys.executable, str(script), str(path), "--seed", str(bench.seed), "--count", str(bench.random_reads)]
+    argv = [sys.executable, str(script), str(source), "--seed", str(bench.seed), "--count", str(bench.random_reads)]
     argv += ["--size", str(bench.size), "--verify", str(bench.data_file)]
     done = procs.run(argv, bench.timeouts.random)
     if not done.ok:
@@ -155,19 +156,33 @@ def local_baseline(bench: Bench) -> LocalBaseline:
     return baseline
 
 
+RAW_HTTP = "raw HTTP, one warm connection"
+
+
+def raw_http_random(bench: Bench, origin: Origin) -> ToolResult:
+    """The network's floor for the random reads: the same reads as serial range requests on one kept-alive,
+    already used connection (randread.py given the URL), after drop_caches."""
+    result = ToolResult(origin.profile.name, RAW_HTTP)
+    bench.drop_caches()
+    mark = origin.access.mark()
+    result.random_cold = random_reads(bench, origin.base_url + bench.data_file.name, f"{RAW_HTTP} cold")
+    result.random_cold.traffic = origin.access.traffic_since(mark, bench.uri)
+    return result
+
+
 def download(bench: Bench, case: Case) -> ToolResult:
     """A cold download with curl or aria2c; aria2c's output file is deleted afterwards."""
-    tool, url = case.tool, case.base_url + bench.data_file.name
+    tool, url, access = case.tool, case.base_url + bench.data_file.name, case.access
     result = ToolResult(case.profile.name, tool)
     scratch = bench.work / f"{case.label}-download"
     scratch.mkdir()
     try:
         bench.drop_caches()
-        mark = bench.access.mark()
+        mark = access.mark()
         done = procs.run(tools.download_argv(tool, url, scratch), bench.timeouts.read)
         result.cold = Step(seconds=done.seconds) if done.ok else Step(status=done.problem(), seconds=done.seconds)
         result.cpu_seconds = done.cpu_seconds
-        result.cold.traffic = bench.access.traffic_since(mark, bench.uri)
+        result.cold.traffic = access.traffic_since(mark, bench.uri)
         if done.ok and tool == "aria2c":
             result.verified = compare(scratch / bench.data_file.name, bench.data_file, bench.timeouts.read)
     finally:
@@ -237,11 +252,23 @@ def _check_logs(bench: Bench, spec: tools.MountSpec) -> None:
 
 @dataclass(frozen=True)
 class Case:
-    """One tool under one profile, reading from ``base_url`` (the served directory)."""
+    """One tool reading from one profile's origin."""
 
-    profile: Profile
+    origin: Origin
     tool: str
-    base_url: str
+
+    @property
+    def profile(self) -> Profile:
+        return self.origin.profile
+
+    @property
+    def base_url(self) -> str:
+        """The URL of the served directory."""
+        return self.origin.base_url
+
+    @property
+    def access(self) -> AccessLog:
+        return self.origin.access
 
     @property
     def label(self) -> str:
@@ -292,20 +319,21 @@ def _sequential(bench: Bench, case: Case, cache: Path, result: ToolResult) -> No
     tool, profile = case.tool, case.profile
     with mounted(bench, spec) as mount:
         bench.drop_caches()
-        mark = bench.access.mark()
-        record = bench.py_spy if tool == "rangefs" and profile.name == "loopback" else None
+        mark = case.access.mark()
+        record = bench.py_spy if tool == "rangefs" and profile.name == bench.py_spy_profile else None
         with procs.RssMonitor(mount.pid) as rss, _py_spy(bench, mount.pid, record):
             result.cold = timed_read(spec.file_path, bench.size, bench.timeouts.read)
         result.rss_mib = rss.peak_mib
         result.cpu_seconds = rss.cpu_seconds
-        result.cold.traffic = bench.access.traffic_since(mark, bench.uri)
+        result.processes = rss.processes
+        result.cold.traffic = case.access.traffic_since(mark, bench.uri)
         before = _rangefs_stats(bench, spec.mountpoint, f"{profile.name}-cold") if tool == "rangefs" else None
         result.reported_requests = _number(before, "http", "requests")
         if not result.cold.ok:
             return
-        mark = bench.access.mark()
+        mark = case.access.mark()
         result.warm = repeated_read(spec.file_path, bench.size, bench.timeouts.read)
-        result.warm.traffic = bench.access.traffic_since(mark, bench.uri)
+        result.warm.traffic = case.access.traffic_since(mark, bench.uri)
         if before is not None:
             after = _rangefs_stats(bench, spec.mountpoint, f"{profile.name}-warm")
             served = [_number(stats, "blocks", "bytes_served") for stats in (before, after)]
@@ -320,9 +348,9 @@ def _disk_cache(bench: Bench, case: Case, cache: Path, result: ToolResult) -> No
     try:
         bench.drop_caches()
         with mounted(bench, spec):
-            mark = bench.access.mark()
+            mark = case.access.mark()
             result.disk = timed_read(spec.file_path, bench.size, bench.timeouts.read)
-            result.disk.traffic = bench.access.traffic_since(mark, bench.uri)
+            result.disk.traffic = case.access.traffic_since(mark, bench.uri)
     except MountFailed as error:
         result.disk = Step(status=str(error))
 
@@ -331,14 +359,14 @@ def _random(bench: Bench, case: Case, cache: Path, result: ToolResult) -> None:
     spec = _spec(bench, case, cache, "random")
     with mounted(bench, spec):
         bench.drop_caches()
-        mark = bench.access.mark()
+        mark = case.access.mark()
         result.random_cold = random_reads(bench, spec.file_path, f"{case.label} cold")
-        result.random_cold.traffic = bench.access.traffic_since(mark, bench.uri)
+        result.random_cold.traffic = case.access.traffic_since(mark, bench.uri)
         if not result.random_cold.ok:
             return
-        mark = bench.access.mark()
+        mark = case.access.mark()
         result.random_warm = random_reads(bench, spec.file_path, f"{case.label} warm")
-        result.random_warm.traffic = bench.access.traffic_since(mark, bench.uri)
+        result.random_warm.traffic = case.access.traffic_since(mark, bench.uri)
 
 
 def _rangefs_stats(bench: Bench, mountpoint: Path, label: str) -> dict[str, object] | None:

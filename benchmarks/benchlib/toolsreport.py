@@ -132,20 +132,21 @@ def footer_lines(run: Run) -> list[str]:
     """How the tools scenario was measured, for the report's footer."""
     return [
         "- Tools scenario: files made by `benchmarks/makefiles.py` (the test suite's `tests/media.py`): "
-        "archive.zip (`make_zip(3000)`), plain.mp4 (3.5 min H.264 at 5 Mbit/s, moov at the end) and fast.mp4 "
-        "(its faststart copy), items.sqlite (100,000 rows of 1,000 bytes), files.tar (120 members of 1 MiB), "
-        "served by the same nginx from a `tools/` directory.",
-        "- Each group of commands (unzip -l then unzip -p; ffprobe then three ffmpeg seeks; each other command "
-        "alone) runs on a fresh mount with a fresh cache directory, after drop_caches; later commands of a group "
-        "run in the same mount without another drop. Every command runs twice in a row: cold, then warm (the "
-        "same mount: the kernel's page cache and the tool's cache). `unzip -p` writes the member to a scratch "
-        "file, ffmpeg writes the frame as a PNG there.",
+        "archive.zip (`make_zip(3000)`), plain.mp4 (3.5 min H.264 at 5 Mbit/s, a keyframe every 2 s, moov at "
+        "the end), items.sqlite (100,000 rows of 1,000 bytes), and for the extra commands fast.mp4 (faststart) "
+        "and files.tar (120 members of 1 MiB); served by the same nginx from a `tools/` directory.",
+        "- Every command runs on a fresh mount with a fresh cache directory, after drop_caches (cold), then once "
+        "more in the same mount (warm: the kernel's page cache and the tool's cache). `unzip -p` writes the "
+        "member to a scratch file; ffmpeg (`-ss 120 -frames:v 1`) and mpv (`--start=50% --frames=1 --vo=image`, "
+        "no audio) write one frame as a PNG there; sqlite3 opens the file `immutable=1` and prints one row's "
+        "payload by primary key.",
         "- Seconds: the command's wall time (process start included; compare with the local file's). Requests "
         "and bytes: nginx's access log for the file during the command (mount-time probes and directory "
         "listings are not counted); bytes are response bodies sent, and an aborted response counts what was "
         "sent before the abort, so a reader that opens long ranges and drops them can be charged more than the "
-        "file. Each output (stdout with the path replaced, plus the file written) is compared with the same "
-        "command's on the local file; a difference shows as WRONG OUTPUT.",
+        "file. Each run's access-log lines are kept in `logs/*.chain`. Each output (stdout with the path "
+        "replaced, plus the file written) is compared with the same command's on the local file; a difference "
+        "shows as WRONG OUTPUT.",
         "- Local s: the same commands on the local file after drop_caches (cold), then again (warm).",
         "- Format-aware prefetch: `unzip -l` and `ffprobe` of plain.mp4 on a fresh mount and cache after "
         "drop_caches, rangefs by default and with `--no-format-prefetch`, alternating, each repeated; cold only.",
