@@ -24,6 +24,7 @@ import trio
 from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteStatusError, RemoteUnreachable
 from rangefs.logthrottle import LogThrottle
 from rangefs.ranges import ByteRange
+from rangefs.remote.headers import parse_digits
 from rangefs.remote.limits import HostLimits
 from rangefs.remote.metadata import RemoteMetadata
 from rangefs.remote.retry import THROTTLE_STATUSES, RetryPolicy, is_transient, parse_retry_after
@@ -321,8 +322,7 @@ def _status_error(url: str, response: httpx.Response) -> RemoteStatusError:
 
 
 def _content_length(response: httpx.Response) -> int | None:
-    value = response.headers.get("content-length", "").strip()
-    return int(value) if value.isdigit() else None
+    return parse_digits(response.headers.get("content-length"))
 
 
 def _metadata_from(url: str, response: httpx.Response, size: int) -> RemoteMetadata:

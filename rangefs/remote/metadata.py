@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+
+from rangefs.remote.headers import parse_http_date
 
 CACHE_FORMAT_VERSION = 1
 
@@ -34,12 +35,7 @@ class RemoteMetadata:
     @property
     def mtime(self) -> float | None:
         """Last-Modified as seconds since the epoch, when the server sent a parseable one."""
-        if not self.last_modified:
-            return None
-        try:
-            return parsedate_to_datetime(self.last_modified).timestamp()
-        except (TypeError, ValueError):
-            return None
+        return parse_http_date(self.last_modified)
 
     @property
     def object_id(self) -> str:

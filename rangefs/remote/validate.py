@@ -1,6 +1,7 @@
 """Checks that turn an HTTP answer into trusted bytes, or into an error that says what was wrong.
 
-Pure functions over status and headers, so every way a range response can be wrong is unit-tested.
+Pure functions over status and headers, so every way a range response can be wrong is unit-tested. Header
+values are untrusted: whatever they hold, these raise RemoteError subclasses only.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from collections.abc import Mapping
 
 from rangefs.errors import InvalidResponse, RangesUnsupported, RemoteChanged, RemoteStatusError
 from rangefs.ranges import ByteRange
+from rangefs.remote.headers import parse_digits
 from rangefs.remote.metadata import RemoteMetadata
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
+# ASCII digits only, at most 19 (below 2**63): Python's \d and int() also take other scripts' digits.
+_CONTENT_RANGE = re.compile(r"^[ \t]*bytes[ \t]+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)[ \t]*$", re.I | re.A)
+_UNSATISFIED_RANGE = re.compile(r"^[ \t]*bytes[ \t]+\*/([0-9]{1,19})[ \t]*$", re.I | re.A)
 
 
 def parse_content_range(value: str) -> tuple[ByteRange, int | None]:
-    """``bytes 0-99/1000`` -> (ByteRange(0, 100), 1000); the total is None for ``*``."""
+    """``bytes 0-99/1000`` -> (ByteRange(0, 100), 1000); the total is None for ``*``.
+
+    Raises ValueError, and nothing else, for anything that is not such a range."""
     match = _CONTENT_RANGE.match(value)
     if not match:
         raise ValueError(f"malformed Content-Range {value!r}")
@@ -36,7 +41,7 @@ def parse_unsatisfied_range(value: str) -> int | None:
 def same_version(metadata: RemoteMetadata, headers: Mapping[str, str]) -> bool:
     """Whether an answer's validators (where it sends any) are those of ``metadata``."""
     length = headers.get("content-length")
-    if length is not None and length.strip() != str(metadata.size):
+    if length is not None and parse_digits(length) != metadata.size:
         return False
     etag, modified = headers.get("etag"), headers.get("last-modified")
     if metadata.strong_etag is not None and etag is not None:
@@ -74,5 +79,5 @@ def check_range_response(
     if total is not None and total != file_size:
         raise RemoteChanged(url, f"size changed from {file_size} to {total} bytes")
     length = headers.get("content-length")
-    if length is not None and (not length.strip().isdigit() or int(length) != wanted.length):
-        raise InvalidResponse(url, f"Content-Length {length} for a range of {wanted.length} bytes")
+    if length is not None and parse_digits(length) != wanted.length:
+        raise InvalidResponse(url, f"Content-Length {length!r} for a range of {wanted.length} bytes")
