@@ -167,3 +167,14 @@ def test_any_headers_give_a_remote_error_or_pass(headers: dict[str, str]) -> Non
 def test_mtime_never_raises(value: str) -> None:
     mtime = RemoteMetadata("http://h/f", 1, last_modified=value).mtime
     assert mtime is None or isinstance(mtime, float)
+
+
+def test_weak_etag_is_part_of_the_version_identity() -> None:
+    one = RemoteMetadata("http://h/f", 10, etag='W/"1"')
+    two = RemoteMetadata("http://h/f", 10, etag='W/"2"')
+    assert one.object_id != two.object_id
+    assert not one.same_version(two)
+    assert one.same_version(RemoteMetadata("http://h/f", 10, etag='W/"1"', accepts_ranges=False))
+    dated = RemoteMetadata("http://h/f", 10, last_modified="Tue, 14 Nov 2023 22:13:20 GMT")
+    redated = RemoteMetadata("http://h/f", 10, last_modified="Wed, 15 Nov 2023 22:13:20 GMT")
+    assert dated.object_id != redated.object_id

@@ -1,4 +1,11 @@
-"""What a probe learns about a remote file, and the validator that pins one version of it."""
+"""What a probe learns about a remote file, and the validators that identify one version of it.
+
+A version is identified by every validator the server gives: the ETag, weak or strong, Last-Modified and
+the size. All of them go into ``object_id``, the cache identity, so a change of any (a weak ETag included)
+gives the new version other blocks. Only a strong ETag or Last-Modified can guard a range request
+(``if_range``): a weak ETag promises semantic, not byte, equality (RFC 9110 8.8.1, 13.1.5), so for a version
+known only by a weak ETag answers can only be compared with it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,9 @@ from dataclasses import dataclass
 
 from rangefs.remote.headers import parse_http_date
 
-CACHE_FORMAT_VERSION = 1
+# Part of every object id: bumping it makes blocks cached under an older identity scheme unreachable.
+# 2: the ETag is part of the identity even when weak (1 left weak ETags out).
+CACHE_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,14 +31,13 @@ class RemoteMetadata:
 
     @property
     def strong_etag(self) -> str | None:
-        # Weak ETags (W/"...") promise semantic, not byte, equality: useless for byte ranges (RFC 9110 8.8.1).
         if self.etag and not self.etag.startswith("W/"):
             return self.etag
         return None
 
     @property
     def if_range(self) -> str | None:
-        """The ``If-Range`` value that makes the server refuse a range of any other version."""
+        """The ``If-Range`` value that makes the server refuse a range of any other version (never weak)."""
         return self.strong_etag or self.last_modified
 
     @property
@@ -40,8 +48,8 @@ class RemoteMetadata:
     @property
     def object_id(self) -> str:
         """Cache identity: blocks of another URL, version or size can never be mistaken for this one's."""
-        parts = (CACHE_FORMAT_VERSION, self.url, self.strong_etag or "", self.last_modified or "", self.size)
-        return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
+        parts = (CACHE_FORMAT_VERSION, self.url, self.etag or "", self.last_modified or "", self.size)
+        return hashlib.sha256("\0".join(map(str, parts)).encode("utf-8", "surrogatepass")).hexdigest()
 
     def same_version(self, other: RemoteMetadata) -> bool:
         return self.object_id == other.object_id
