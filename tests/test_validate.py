@@ -89,7 +89,7 @@ def test_odd_content_length_of_a_range_is_refused(length: str) -> None:
 @pytest.mark.parametrize("length", ODD_NUMBERS)
 def test_odd_content_length_of_a_whole_file_is_not_the_version(length: str) -> None:
     assert not same_version(OURS, {"etag": '"v1"', "content-length": length})
-    with pytest.raises(RemoteChanged):
+    with pytest.raises(RemoteChanged, match="Content-Length"):
         check(200, {"etag": '"v1"', "content-length": length})
 
 
@@ -167,6 +167,52 @@ def test_any_headers_give_a_remote_error_or_pass(headers: dict[str, str]) -> Non
 def test_mtime_never_raises(value: str) -> None:
     mtime = RemoteMetadata("http://h/f", 1, last_modified=value).mtime
     assert mtime is None or isinstance(mtime, float)
+
+
+# Every 206 is compared with the pinned version: an origin or proxy that ignores If-Range answers from the new one.
+@pytest.mark.parametrize(
+    ("changed", "words"),
+    [
+        ({"etag": '"v2"'}, "ETag changed"),
+        ({"etag": 'W/"v2"'}, "ETag changed"),
+        ({"last-modified": "Wed, 15 Nov 2023 22:13:20 GMT"}, "Last-Modified changed"),
+        ({"last-modified": "yesterday"}, "Last-Modified changed"),
+        ({"content-range": "bytes 100-199/1001"}, "size changed"),
+    ],
+)
+def test_range_of_another_version_is_refused(changed: dict[str, str], words: str) -> None:
+    with pytest.raises(RemoteChanged, match=words):
+        check(206, {**GOOD, "etag": '"v1"', **changed})
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # some CDNs strip validators from range answers: not compared, not proof of a change
+        {"etag": '"v1"'},
+        {"etag": 'W/"v1"'},  # the same opaque tag, weakened: identity encoding is checked, so the same bytes
+        {"last-modified": "Tue, 14 Nov 2023 22:13:20 GMT"},
+        {"last-modified": "Tuesday, 14-Nov-23 22:13:20 GMT"},  # the same instant, formatted by a proxy
+    ],
+)
+def test_range_of_the_pinned_version_passes(headers: dict[str, str]) -> None:
+    check(206, {**GOOD, **headers})
+
+
+def test_weak_etag_alone_is_checked_on_every_range() -> None:
+    weak = RemoteMetadata("http://h/f", 1000, etag='W/"v1"')
+    assert weak.if_range is None
+    check(206, {**GOOD, "etag": 'W/"v1"'}, weak)
+    with pytest.raises(RemoteChanged, match="ETag changed"):
+        check(206, {**GOOD, "etag": 'W/"v2"'}, weak)
+
+
+def test_whole_file_must_show_a_validator_of_the_pinned_version() -> None:
+    assert same_version(OURS, {"etag": '"v1"', "content-length": "1000"})
+    assert same_version(OURS, {"last-modified": OURS.last_modified or "", "content-length": "1000"})
+    assert not same_version(OURS, {"content-length": "1000"})  # a 200 has no If-Range or Content-Range to vouch
+    assert not same_version(OURS, {"etag": '"v1"', "last-modified": "Wed, 15 Nov 2023 22:13:20 GMT"})
+    assert same_version(RemoteMetadata("http://h/f", 1000), {"content-length": "1000"})
 
 
 def test_weak_etag_is_part_of_the_version_identity() -> None:

@@ -32,7 +32,7 @@ from rangefs.remote.validate import (
     check_range_response,
     parse_content_range,
     parse_unsatisfied_range,
-    same_version,
+    whole_file_difference,
 )
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,9 @@ class RemoteClient:
                 encoding = response.headers.get("content-encoding", "identity").strip().lower()
                 if encoding not in ("", "identity"):
                     raise InvalidResponse(url, f"whole file sent with Content-Encoding {encoding!r}")
-                if not same_version(metadata, response.headers):
-                    raise RemoteChanged(url, "the file changed (size or validator differ)")
+                difference = whole_file_difference(metadata, response.headers)
+                if difference is not None:
+                    raise RemoteChanged(url, f"the file changed: {difference}")
                 yield self._counted(response.aiter_raw())
 
     async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
