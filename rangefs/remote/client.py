@@ -3,8 +3,9 @@
 Redirects are followed here rather than by httpx so that headers configured for an entry (credentials) are
 only ever sent to the origin the user wrote down; the final location is remembered while it works and
 resolved again from the configured URL when it stops working (an expired signed URL answers 403 or 410).
-Every transport failure is translated to a RemoteError in exactly one place, ``_translated``. Transient
-failures are retried within a deadline per operation (``total_timeout``); a body cut short is resumed for
+Every failure while talking HTTP (a transport error, or anything untrusted input makes httpx, h11 or our
+parsing raise) is translated to a RemoteError in exactly one place, ``_translated``. Transient failures are
+retried within a deadline per operation (``total_timeout``); a body cut short is resumed for
 the missing bytes only.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -128,7 +129,7 @@ class RemoteClient:
 
         Demand fetches (a reader waits) and prefetches use separate connection limits per host. A body cut
         short is resumed from where it stopped."""
-        origin = _origin_of(httpx.URL(metadata.url))
+        origin = self._origin(metadata.url)
         progress = _Progress()
 
         async def attempt() -> bytes:
@@ -146,8 +147,10 @@ class RemoteClient:
         """The whole file, in order, for servers that ignore Range; checked to be the version expected."""
         url = metadata.url
         self.stats.requests += 1
-        with self._translated(url):
-            async with self._request("GET", url, headers) as response:
+        async with AsyncExitStack() as stack:
+            # Translation covers the request and each chunk, not the caller's body (its errors are its own).
+            with self._translated(url):
+                response = await stack.enter_async_context(self._request("GET", url, headers))
                 if response.status_code != 200:
                     raise _status_error(url, response)
                 encoding = response.headers.get("content-encoding", "identity").strip().lower()
@@ -156,15 +159,20 @@ class RemoteClient:
                 difference = whole_file_difference(metadata, response.headers)
                 if difference is not None:
                     raise RemoteChanged(url, f"the file changed: {difference}")
-                yield self._counted(response.aiter_raw())
+            yield self._counted(url, response)
 
-    async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in chunks:
+    async def _counted(self, url: str, response: httpx.Response) -> AsyncIterator[bytes]:
+        chunks = response.aiter_raw()
+        while True:
+            with self._translated(url):
+                chunk = await anext(chunks, None)
+            if chunk is None:
+                return
             self.stats.bytes_fetched += len(chunk)
             yield chunk
 
     async def _with_retries(self, url: str, operation: Callable[[], Awaitable[T]], time_budget: float) -> T:
-        origin = _origin_of(httpx.URL(url))
+        origin = self._origin(url)
         deadline = trio.current_time() + time_budget
         for attempt in itertools.count(1):
             try:
@@ -231,7 +239,7 @@ class RemoteClient:
     async def _fetch_into(
         self, metadata: RemoteMetadata, wanted: ByteRange, progress: _Progress, headers: Headers
     ) -> None:
-        """One attempt: fetch what ``progress`` says is still missing of ``wanted`` into ``body``."""
+        """One attempt: fetch what ``progress`` says is still missing of ``wanted`` into ``progress``."""
         url = metadata.url
         missing = ByteRange(wanted.start + progress.received, wanted.stop)
         extra = {"Range": missing.header_value()}
@@ -273,7 +281,8 @@ class RemoteClient:
             if remembered is not None and response.status_code in _EXPIRED_TARGET:
                 await response.aclose()
                 log.info("redirect target of %s answered %d; resolving %s again", url, response.status_code, url)
-                del self._redirected[url]
+                # Concurrent requests can all find the same expired target: whichever comes first forgets it.
+                self._redirected.pop(url, None)
                 remembered, target = None, origin
                 continue
             if response.status_code not in _REDIRECTS or location is None:
@@ -290,8 +299,13 @@ class RemoteClient:
                 raise InvalidResponse(url, "redirected with 303 See Other, which does not point to the file itself")
         raise InvalidResponse(url, f"more than {MAX_REDIRECTS} redirects")
 
+    def _origin(self, url: str) -> str:
+        with self._translated(url):
+            return _origin_of(httpx.URL(url))
+
     @contextmanager
     def _translated(self, url: str) -> Iterator[None]:
+        """The one place where failing to talk HTTP becomes a RemoteError; cancellation passes untouched."""
         try:
             yield
         except RemoteError:
@@ -303,9 +317,19 @@ class RemoteClient:
         except httpx.RemoteProtocolError as error:
             self.stats.errors += 1
             raise InvalidResponse(url, f"protocol error: {error}", transient=True) from None
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as error:
+            # Our own request cannot be sent (a header value h11 refuses, a scheme httpx lacks): final.
+            self.stats.errors += 1
+            raise InvalidResponse(url, f"cannot send the request: {type(error).__name__}: {error}") from None
         except httpx.HTTPError as error:
             self.stats.errors += 1
             raise RemoteUnreachable(url, f"{type(error).__name__}: {error or 'connection failed'}") from None
+        except Exception as error:
+            # Untrusted input (a URL, a Location or header value, a codec) made httpx, h11 or our parsing raise
+            # something else: one bad answer fails its request, never the mount.
+            self.stats.errors += 1
+            log.debug("unexpected error talking to %s", url, exc_info=True)
+            raise InvalidResponse(url, f"unexpected {type(error).__name__}: {error}") from None
 
 
 def _origin_of(url: httpx.URL) -> str:
@@ -333,7 +357,7 @@ def _metadata_from(url: str, response: httpx.Response, size: int) -> RemoteMetad
     return RemoteMetadata(
         url=url,
         size=size,
-        etag=response.headers.get("etag"),
-        last_modified=response.headers.get("last-modified"),
+        etag=response.headers.get("etag") or None,
+        last_modified=response.headers.get("last-modified") or None,
         accepts_ranges=response.status_code == 206 or accept_ranges != "none",
     )

@@ -4,7 +4,8 @@ A version is identified by every validator the server gives: the ETag, weak or s
 the size. All of them go into ``object_id``, the cache identity, so a change of any (a weak ETag included)
 gives the new version other blocks. Only a strong ETag or Last-Modified can guard a range request
 (``if_range``): a weak ETag promises semantic, not byte, equality (RFC 9110 8.8.1, 13.1.5), so for a version
-known only by a weak ETag answers can only be compared with it.
+known only by a weak ETag every answer is compared with it instead (``validate`` compares every answer with
+every validator anyway).
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ class RemoteMetadata:
     @property
     def if_range(self) -> str | None:
         """The ``If-Range`` value that makes the server refuse a range of any other version (never weak)."""
-        return self.strong_etag or self.last_modified
+        for validator in (self.strong_etag, self.last_modified):
+            # A validator with bytes outside printable ASCII cannot be sent back as it came (httpx encodes
+            # header values as ASCII); the answers are still compared with it.
+            if validator and validator.isascii() and validator.isprintable():
+                return validator
+        return None
 
     @property
     def mtime(self) -> float | None:
