@@ -1,12 +1,9 @@
-"""HTTP client for probes and validated range fetches, with retries, adaptive limits and redirect handling.
+"""HTTP client for probes and validated range fetches, with retries and adaptive limits per host.
 
-Redirects are followed here rather than by httpx so that headers configured for an entry (credentials) are
-only ever sent to the origin the user wrote down; the final location is remembered while it works and
-resolved again from the configured URL when it stops working (an expired signed URL answers 403 or 410).
-Every failure while talking HTTP (a transport error, or anything untrusted input makes httpx, h11 or our
-parsing raise) is translated to a RemoteError in exactly one place, ``_translated``. Transient failures are
-retried within a deadline per operation (``total_timeout``); a body cut short is resumed for
-the missing bytes only.
+Requests go through a Sender (redirects followed, credentials kept at their origin). Every failure while
+talking HTTP (a transport error, or anything untrusted input makes httpx, h11 or our parsing raise) is
+translated to a RemoteError in exactly one place, ``_translated``. Transient failures are retried within a
+deadline per operation (``total_timeout``); a body cut short is resumed for the missing bytes only.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from rangefs.remote.headers import parse_digits
 from rangefs.remote.limits import HostLimits
 from rangefs.remote.metadata import RemoteMetadata
 from rangefs.remote.retry import THROTTLE_STATUSES, RetryPolicy, is_transient, parse_retry_after
+from rangefs.remote.sender import Headers, Sender
 from rangefs.remote.validate import (
     check_range_response,
     parse_content_range,
@@ -39,12 +37,7 @@ from rangefs.remote.validate import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Headers = tuple[tuple[str, str], ...]
 
-MAX_REDIRECTS = 10
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# A remembered redirect target answering one of these has expired: start again from the configured URL.
-_EXPIRED_TARGET = frozenset({401, 403, 404, 410})
 # httpcore reads sockets 64 KiB at a time; each read costs a trip through h11 and the trio scheduler.
 # 1 MiB reads halve the CPU per MiB (STACK.md: 3.8 -> 1.5 CPU-s/GiB), the first limit on cold reads.
 _SOCKET_READ_SIZE = 1024 * 1024
@@ -101,8 +94,8 @@ class RemoteClient:
         self.total_timeout = total_timeout
         self.retry = retry or RetryPolicy()
         self.limits = HostLimits(connections_per_host)
+        self._sender = Sender(self._client)
         self.stats = ClientStatistics()
-        self._redirected: dict[str, httpx.URL] = {}
         self._log_throttle = LogThrottle()
 
     async def aclose(self) -> None:
@@ -150,7 +143,7 @@ class RemoteClient:
         async with AsyncExitStack() as stack:
             # Translation covers the request and each chunk, not the caller's body (its errors are its own).
             with self._translated(url):
-                response = await stack.enter_async_context(self._request("GET", url, headers))
+                response = await stack.enter_async_context(self._sender.request("GET", url, headers))
                 if response.status_code != 200:
                     raise _status_error(url, response)
                 encoding = response.headers.get("content-encoding", "identity").strip().lower()
@@ -207,7 +200,7 @@ class RemoteClient:
 
     async def _probe_once(self, url: str, headers: Headers) -> RemoteMetadata:
         with self._translated(url):
-            async with self._request("HEAD", url, headers) as response:
+            async with self._sender.request("HEAD", url, headers) as response:
                 length = _content_length(response)
                 if response.status_code == 200 and length is not None:
                     return _metadata_from(url, response, length)
@@ -216,7 +209,7 @@ class RemoteClient:
             return await self._probe_with_get(url, headers)
 
     async def _probe_with_get(self, url: str, headers: Headers) -> RemoteMetadata:
-        async with self._request("GET", url, headers, {"Range": "bytes=0-0"}) as response:
+        async with self._sender.request("GET", url, headers, {"Range": "bytes=0-0"}) as response:
             status = response.status_code
             if status == 206:
                 try:
@@ -247,7 +240,7 @@ class RemoteClient:
             extra["If-Range"] = metadata.if_range
         self.stats.requests += 1
         with self._translated(url):
-            async with self._request("GET", url, headers, extra) as response:
+            async with self._sender.request("GET", url, headers, extra) as response:
                 if response.status_code >= 400:
                     raise _status_error(url, response)
                 check_range_response(url, response.status_code, response.headers, wanted=missing, metadata=metadata)
@@ -262,42 +255,6 @@ class RemoteClient:
                     raise InvalidResponse(
                         url, f"body cut short: {progress.received} of {wanted.length} bytes", transient=True
                     )
-
-    @asynccontextmanager
-    async def _request(
-        self, method: str, url: str, configured: Headers, extra: dict[str, str] | None = None
-    ) -> AsyncIterator[httpx.Response]:
-        """Send a request, following redirects; configured headers go to the configured origin only."""
-        origin = httpx.URL(url)
-        remembered = self._redirected.get(url)
-        target = remembered or origin
-        for _ in range(MAX_REDIRECTS + 1):
-            headers = httpx.Headers(extra or {})
-            if _same_origin(target, origin):
-                for name, value in configured:
-                    headers[name] = value
-            response = await self._client.send(self._client.build_request(method, target, headers=headers), stream=True)
-            location = response.headers.get("location")
-            if remembered is not None and response.status_code in _EXPIRED_TARGET:
-                await response.aclose()
-                log.info("redirect target of %s answered %d; resolving %s again", url, response.status_code, url)
-                # Concurrent requests can all find the same expired target: whichever comes first forgets it.
-                self._redirected.pop(url, None)
-                remembered, target = None, origin
-                continue
-            if response.status_code not in _REDIRECTS or location is None:
-                if target != origin and response.status_code < 300:
-                    self._redirected[url] = target
-                try:
-                    yield response
-                finally:
-                    await response.aclose()
-                return
-            await response.aclose()
-            target = target.join(location)
-            if method == "GET" and response.status_code == 303:
-                raise InvalidResponse(url, "redirected with 303 See Other, which does not point to the file itself")
-        raise InvalidResponse(url, f"more than {MAX_REDIRECTS} redirects")
 
     def _origin(self, url: str) -> str:
         with self._translated(url):
@@ -334,10 +291,6 @@ class RemoteClient:
 
 def _origin_of(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.netloc.decode()}"
-
-
-def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
-    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
 def _status_error(url: str, response: httpx.Response) -> RemoteStatusError:
