@@ -1,21 +1,23 @@
 """RemoteClient through its seams: an httpx.MockTransport origin, a zero-delay RetryPolicy and trio's MockClock.
 
-The MockClock jumps whenever every task sleeps, so Retry-After waits and probe deadlines take no real time
-while ``trio.current_time()`` still says how long they were.
+The MockClock jumps whenever every task sleeps, so Retry-After waits, probe deadlines and breaker cool-downs
+take no real time while ``trio.current_time()`` still says how long they were.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import httpx
 import pytest
 import trio
 import trio.testing
 
-from rangefs.errors import InvalidResponse, RemoteChanged, RemoteStatusError
+from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteStatusError, RemoteUnreachable
 from rangefs.ranges import ByteRange
 from rangefs.remote import RemoteClient, RemoteMetadata
 from rangefs.remote.retry import RetryPolicy
@@ -307,7 +309,7 @@ def test_bad_location_header_becomes_invalid_response() -> None:
     run(main)
 
 
-def test_cancellation_is_not_translated() -> None:
+def test_cancellation_is_not_translated_and_does_not_mark_the_host_down() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
@@ -317,8 +319,189 @@ def test_cancellation_is_not_translated() -> None:
             with trio.move_on_after(1) as scope:
                 await client.fetch(RemoteMetadata(URL, 100), ByteRange(0, 10))
             assert scope.cancelled_caught
+            assert client.statistics().hosts_down == 0
 
     run(main)
+
+
+# The per-host circuit breaker.
+
+
+@dataclass
+class Hosts:
+    """Transport of several hosts: ``dead`` ones raise ``failure``; counts the calls per host."""
+
+    failure: Callable[[httpx.Request], Awaitable[httpx.Response]] | None = None
+    dead: set[str] = field(default_factory=set)
+    calls: dict[str, int] = field(default_factory=dict)
+    origin: Origin = field(default_factory=Origin)
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        self.calls[host] = self.calls.get(host, 0) + 1
+        if host in self.dead:
+            if self.failure is not None:
+                return await self.failure(request)
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        return self.origin(request)
+
+
+def test_connect_failure_marks_the_host_down_for_all_its_urls() -> None:
+    hosts = Hosts(dead={"dead.example"})
+
+    async def main() -> None:
+        async with make_client(hosts) as client:
+            with pytest.raises(RemoteUnreachable, match="ConnectError"):
+                await client.probe("http://dead.example/a")
+            assert hosts.calls == {"dead.example": 1}  # no retry once the host is known down
+            started = trio.current_time()
+            for name in "bcdefg":
+                with pytest.raises(RemoteUnreachable, match=r"host http://dead.example:80 down for .*retrying it"):
+                    await client.probe(f"http://dead.example/{name}")
+            assert trio.current_time() == started  # refused at once
+            assert hosts.calls == {"dead.example": 1}
+            assert (await client.probe("http://live.example/a")).size == len(DATA)  # other hosts unaffected
+            stats = client.statistics()
+            assert (stats.hosts_down, stats.requests_refused) == (1, 6)
+
+    run(main)
+
+
+def test_half_open_trial_after_the_cool_down() -> None:
+    hosts = Hosts(dead={"dead.example"})
+
+    async def main() -> None:
+        async with make_client(hosts) as client:
+            with pytest.raises(RemoteUnreachable):
+                await client.probe("http://dead.example/a")
+            await trio.sleep(2.1)  # first cool-down: 2 s
+            with pytest.raises(RemoteUnreachable, match="ConnectError"):
+                await client.probe("http://dead.example/a")  # the trial, which fails: cool-down doubles
+            assert hosts.calls["dead.example"] == 2
+            await trio.sleep(2.1)
+            with pytest.raises(RemoteUnreachable, match="down for"):
+                await client.probe("http://dead.example/a")
+            assert hosts.calls["dead.example"] == 2
+            await trio.sleep(2)
+            hosts.dead.clear()
+            assert (await client.probe("http://dead.example/a")).size == len(DATA)  # the trial succeeds
+            assert client.statistics().hosts_down == 0
+            assert (await client.probe("http://dead.example/b")).size == len(DATA)
+
+    run(main)
+
+
+def test_requests_during_the_trial_are_refused() -> None:
+    trial_started = trio.Event()
+    release = trio.Event()
+
+    async def slow_then_fine(request: httpx.Request) -> httpx.Response:
+        trial_started.set()
+        await release.wait()
+        return Origin()(request)
+
+    hosts = Hosts(dead={"dead.example"})
+
+    async def main() -> None:
+        async with make_client(hosts) as client:
+            with pytest.raises(RemoteUnreachable):
+                await client.probe("http://dead.example/a")
+            await trio.sleep(2.1)
+            hosts.failure = slow_then_fine
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.probe, "http://dead.example/a")
+                await trial_started.wait()
+                with pytest.raises(RemoteUnreachable, match="trial request is under way"):
+                    await client.probe("http://dead.example/b")
+                release.set()
+            assert client.statistics().hosts_down == 0
+
+    run(main)
+
+
+def test_host_dropping_packets_costs_one_probe_deadline_not_one_per_url() -> None:
+    """ls of 10,000 URLs of such a host took 26 minutes: every probe waited its 5 s deadline, 32 at a time."""
+
+    async def drop(request: httpx.Request) -> httpx.Response:
+        await trio.sleep_forever()  # a SYN that is never answered: no connection, no error
+        raise AssertionError("unreachable")
+
+    hosts = Hosts(failure=drop, dead={"dead.example"})
+
+    async def main() -> None:
+        async with make_client(hosts) as client:
+            limiter = trio.CapacityLimiter(32)
+            failures: list[RemoteError] = []
+
+            async def probe(index: int) -> None:
+                async with limiter:
+                    try:
+                        await client.probe(f"http://dead.example/{index}")
+                    except RemoteError as error:
+                        failures.append(error)
+
+            started = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for index in range(1000):
+                    nursery.start_soon(probe, index)
+            assert len(failures) == 1000
+            assert trio.current_time() - started < 6  # one 5 s probe deadline, then refused at once
+            assert hosts.calls["dead.example"] == 32
+
+    run(main)
+
+
+def test_read_timeout_on_a_connection_does_not_mark_the_host_down() -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out waiting for the answer")
+
+    hosts = Hosts(failure=slow, dead={"slow.example"})
+
+    async def main() -> None:
+        async with make_client(hosts) as client:
+            with pytest.raises(RemoteUnreachable, match="timed out"):
+                await client.probe("http://slow.example/a")
+            assert hosts.calls["slow.example"] == RetryPolicy().max_attempts  # retried, as transient
+            assert client.statistics().hosts_down == 0
+
+    run(main)
+
+
+# The same distinction over real loopback sockets, where httpcore's trace events tell connected from not.
+
+
+def test_real_refused_connection_marks_the_host_down() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens once it is closed
+
+    async def main() -> None:
+        async with RemoteClient(retry=RetryPolicy(base_delay=0, max_delay=0)) as client:
+            with pytest.raises(RemoteUnreachable, match="ConnectError"):
+                await client.probe(f"http://127.0.0.1:{port}/a")
+            with pytest.raises(RemoteUnreachable, match="down for"):
+                await client.probe(f"http://127.0.0.1:{port}/b")
+            assert client.statistics().hosts_down == 1
+
+    trio.run(main)
+
+
+def test_real_connection_that_never_answers_does_not_mark_the_host_down() -> None:
+    async def silent(stream: trio.SocketStream) -> None:
+        while await stream.receive_some():
+            pass
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            async with RemoteClient(total_timeout=0.3, retry=RetryPolicy(base_delay=0, max_delay=0)) as client:
+                with pytest.raises(RemoteUnreachable, match="no complete answer"):
+                    await client.probe(f"http://127.0.0.1:{port}/a")
+                assert client.statistics().hosts_down == 0
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
 
 
 def test_validator_outside_ascii_is_compared_but_not_sent_back() -> None:
@@ -338,3 +521,25 @@ def test_validator_outside_ascii_is_compared_but_not_sent_back() -> None:
 
     run(main)
     assert [request.headers.get("if-range") for request in origin.requests[1:]] == [DATE]
+
+
+def test_deadline_ending_a_connect_just_begun_does_not_mark_the_host_down() -> None:
+    """A fetch that spent its budget waiting for Retry-After says nothing about connecting to the host."""
+    origin = Origin()
+    busy = [httpx.Response(503, headers={"Retry-After": "9"})]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and busy:
+            return busy.pop()
+        if request.method == "GET":
+            await trio.sleep_forever()
+        return origin(request)
+
+    async def main() -> None:
+        async with make_client(handler, total_timeout=10.0) as client:
+            metadata = await client.probe(URL)
+            with pytest.raises(RemoteUnreachable, match="no complete answer within 10 s"):
+                await client.fetch(metadata, ByteRange(0, 10))
+            assert client.statistics().hosts_down == 0
+
+    run(main)

@@ -1,9 +1,10 @@
 """HTTP client for probes and validated range fetches, with retries and adaptive limits per host.
 
-Requests go through a Sender (redirects followed, credentials kept at their origin). Every failure while
-talking HTTP (a transport error, or anything untrusted input makes httpx, h11 or our parsing raise) is
-translated to a RemoteError in exactly one place, ``_translated``. Transient failures are retried within a
-deadline per operation (``total_timeout``); a body cut short is resumed for the missing bytes only.
+Requests go through a Sender (redirects, credentials kept at their origin, the per-host breaker). Every
+failure while talking HTTP (a transport error, or anything untrusted input makes httpx, h11 or our parsing
+raise) is translated to a RemoteError in exactly one place, ``_translated``. Transient failures are retried
+within a deadline per operation (``total_timeout``), but not once the host is known down; a body cut short
+is resumed for the missing bytes only.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import trio
 from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteStatusError, RemoteUnreachable
 from rangefs.logthrottle import LogThrottle
 from rangefs.ranges import ByteRange
+from rangefs.remote.breaker import HostBreaker
 from rangefs.remote.headers import parse_digits
 from rangefs.remote.limits import HostLimits
 from rangefs.remote.metadata import RemoteMetadata
 from rangefs.remote.retry import THROTTLE_STATUSES, RetryPolicy, is_transient, parse_retry_after
-from rangefs.remote.sender import Headers, Sender
+from rangefs.remote.sender import Attempt, Headers, Sender, describe, origin_of
 from rangefs.remote.validate import (
     check_range_response,
     parse_content_range,
@@ -44,6 +46,10 @@ _SOCKET_READ_SIZE = 1024 * 1024
 # Seconds a probe may take, retries included: probes stand between `ls` and its answer, so a dead host must
 # not hold a listing up for the whole read timeout.
 _PROBE_TIMEOUT = 5.0
+# Seconds a connection may stay unfinished before a deadline that ends it counts as a connect failure: by
+# then two SYNs went unanswered (retransmitted after 1 and 3 s, RFC 6298). An operation whose deadline ends
+# a connect just begun (its budget spent on earlier attempts) says nothing about the host.
+_UNANSWERED_CONNECT = 3.0
 
 
 @dataclass
@@ -53,6 +59,10 @@ class ClientStatistics:
     errors: int = 0
     retries: int = 0
     throttled: int = 0
+    # Hosts known down right now (HostBreaker open or half-open).
+    hosts_down: int = 0
+    # Requests failed at once, without being sent, because their host was known down.
+    requests_refused: int = 0
 
 
 @dataclass
@@ -77,6 +87,7 @@ class RemoteClient:
         verify: str | bool = True,
         http2: bool = False,
         retry: RetryPolicy | None = None,
+        breaker: HostBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _SOCKET_READ_SIZE
@@ -94,7 +105,8 @@ class RemoteClient:
         self.total_timeout = total_timeout
         self.retry = retry or RetryPolicy()
         self.limits = HostLimits(connections_per_host)
-        self._sender = Sender(self._client)
+        self.breaker = breaker or HostBreaker()
+        self._sender = Sender(self._client, self.breaker)
         self.stats = ClientStatistics()
         self._log_throttle = LogThrottle()
 
@@ -107,13 +119,18 @@ class RemoteClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def __repr__(self) -> str:
+        return f"<RemoteClient {self.statistics()} {self._sender!r} {self.limits!r}>"
+
     def statistics(self) -> ClientStatistics:
+        breaker = self.breaker.statistics()
+        self.stats.hosts_down, self.stats.requests_refused = breaker.hosts_down, breaker.refused
         return self.stats
 
     async def probe(self, url: str, headers: Headers = ()) -> RemoteMetadata:
         """Size and validator of ``url``: HEAD first, a one-byte ranged GET when HEAD says too little."""
         timeout = min(self.total_timeout, _PROBE_TIMEOUT)
-        return await self._with_retries(url, lambda: self._probe_once(url, headers), timeout)
+        return await self._with_retries(url, lambda attempt: self._probe_once(url, headers, attempt), timeout)
 
     async def fetch(
         self, metadata: RemoteMetadata, wanted: ByteRange, headers: Headers = (), *, demand: bool = True
@@ -125,13 +142,13 @@ class RemoteClient:
         origin = self._origin(metadata.url)
         progress = _Progress()
 
-        async def attempt() -> bytes:
+        async def fetch_once(attempt: Attempt) -> bytes:
             async with self.limits.limiter(origin, demand=demand):
-                await self._fetch_into(metadata, wanted, progress, headers)
+                await self._fetch_into(metadata, wanted, progress, headers, attempt)
             # One copy from the socket reads into the result (a preallocated buffer would cost two passes).
             return b"".join(progress.chunks)
 
-        return await self._with_retries(metadata.url, attempt, self.total_timeout)
+        return await self._with_retries(metadata.url, fetch_once, self.total_timeout)
 
     @asynccontextmanager
     async def stream_whole(
@@ -143,7 +160,7 @@ class RemoteClient:
         async with AsyncExitStack() as stack:
             # Translation covers the request and each chunk, not the caller's body (its errors are its own).
             with self._translated(url):
-                response = await stack.enter_async_context(self._sender.request("GET", url, headers))
+                response = await stack.enter_async_context(self._sender.request("GET", url, headers, Attempt()))
                 if response.status_code != 200:
                     raise _status_error(url, response)
                 encoding = response.headers.get("content-encoding", "identity").strip().lower()
@@ -164,31 +181,42 @@ class RemoteClient:
             self.stats.bytes_fetched += len(chunk)
             yield chunk
 
-    async def _with_retries(self, url: str, operation: Callable[[], Awaitable[T]], time_budget: float) -> T:
+    async def _with_retries(self, url: str, operation: Callable[[Attempt], Awaitable[T]], time_budget: float) -> T:
         origin = self._origin(url)
         deadline = trio.current_time() + time_budget
-        for attempt in itertools.count(1):
+        for number in itertools.count(1):
+            attempt = Attempt()
             try:
                 with trio.fail_after(max(0.0, deadline - trio.current_time())):
-                    result = await operation()
+                    result = await operation(attempt)
             except trio.TooSlowError:
+                self._note_unfinished_connect(attempt, time_budget)
                 raise RemoteUnreachable(url, f"no complete answer within {time_budget:.0f} s") from None
             except RemoteError as error:
                 if isinstance(error, RemoteStatusError) and error.status in THROTTLE_STATUSES:
                     self.limits.throttled(origin)
                     self.stats.throttled += 1
-                if not is_transient(error) or attempt >= self.retry.max_attempts:
+                if attempt.host_down or not is_transient(error) or number >= self.retry.max_attempts:
                     raise
-                delay = self.retry.delay(attempt, getattr(error, "retry_after", None))
+                delay = self.retry.delay(number, getattr(error, "retry_after", None))
                 if trio.current_time() + delay >= deadline:
                     raise
                 self.stats.retries += 1
-                self._log_retry(attempt, error, delay)
+                self._log_retry(number, error, delay)
                 await trio.sleep(delay)
             else:
                 self.limits.succeeded(origin)
                 return result
         raise AssertionError("unreachable")
+
+    def _note_unfinished_connect(self, attempt: Attempt, time_budget: float) -> None:
+        # Probes have a deadline shorter than the connect timeout, so a host that drops packets shows up as
+        # a deadline that ended a connect, not as a ConnectTimeout.
+        if attempt.connecting is None:
+            return
+        connecting_for = trio.current_time() - attempt.connecting_since
+        if connecting_for >= min(_UNANSWERED_CONNECT, time_budget / 2):
+            self.breaker.failed(attempt.connecting, f"no connection within {connecting_for:.1f} s")
 
     def _log_retry(self, attempt: int, error: RemoteError, delay: float) -> None:
         level = logging.DEBUG if attempt == 1 else logging.INFO if attempt < 4 else logging.WARNING
@@ -198,18 +226,18 @@ class RemoteClient:
                 return
         log.log(level, "%s (attempt %d); retrying in %.2f s", error, attempt, delay)
 
-    async def _probe_once(self, url: str, headers: Headers) -> RemoteMetadata:
+    async def _probe_once(self, url: str, headers: Headers, attempt: Attempt) -> RemoteMetadata:
         with self._translated(url):
-            async with self._sender.request("HEAD", url, headers) as response:
+            async with self._sender.request("HEAD", url, headers, attempt) as response:
                 length = _content_length(response)
                 if response.status_code == 200 and length is not None:
                     return _metadata_from(url, response, length)
                 if response.status_code not in (200, 400, 403, 405, 501):
                     raise _status_error(url, response)
-            return await self._probe_with_get(url, headers)
+            return await self._probe_with_get(url, headers, attempt)
 
-    async def _probe_with_get(self, url: str, headers: Headers) -> RemoteMetadata:
-        async with self._sender.request("GET", url, headers, {"Range": "bytes=0-0"}) as response:
+    async def _probe_with_get(self, url: str, headers: Headers, attempt: Attempt) -> RemoteMetadata:
+        async with self._sender.request("GET", url, headers, attempt, {"Range": "bytes=0-0"}) as response:
             status = response.status_code
             if status == 206:
                 try:
@@ -230,7 +258,7 @@ class RemoteClient:
             raise _status_error(url, response)
 
     async def _fetch_into(
-        self, metadata: RemoteMetadata, wanted: ByteRange, progress: _Progress, headers: Headers
+        self, metadata: RemoteMetadata, wanted: ByteRange, progress: _Progress, headers: Headers, attempt: Attempt
     ) -> None:
         """One attempt: fetch what ``progress`` says is still missing of ``wanted`` into ``progress``."""
         url = metadata.url
@@ -240,7 +268,7 @@ class RemoteClient:
             extra["If-Range"] = metadata.if_range
         self.stats.requests += 1
         with self._translated(url):
-            async with self._sender.request("GET", url, headers, extra) as response:
+            async with self._sender.request("GET", url, headers, attempt, extra) as response:
                 if response.status_code >= 400:
                     raise _status_error(url, response)
                 check_range_response(url, response.status_code, response.headers, wanted=missing, metadata=metadata)
@@ -258,7 +286,7 @@ class RemoteClient:
 
     def _origin(self, url: str) -> str:
         with self._translated(url):
-            return _origin_of(httpx.URL(url))
+            return origin_of(httpx.URL(url))
 
     @contextmanager
     def _translated(self, url: str) -> Iterator[None]:
@@ -280,17 +308,13 @@ class RemoteClient:
             raise InvalidResponse(url, f"cannot send the request: {type(error).__name__}: {error}") from None
         except httpx.HTTPError as error:
             self.stats.errors += 1
-            raise RemoteUnreachable(url, f"{type(error).__name__}: {error or 'connection failed'}") from None
+            raise RemoteUnreachable(url, describe(error)) from None
         except Exception as error:
             # Untrusted input (a URL, a Location or header value, a codec) made httpx, h11 or our parsing raise
             # something else: one bad answer fails its request, never the mount.
             self.stats.errors += 1
             log.debug("unexpected error talking to %s", url, exc_info=True)
             raise InvalidResponse(url, f"unexpected {type(error).__name__}: {error}") from None
-
-
-def _origin_of(url: httpx.URL) -> str:
-    return f"{url.scheme}://{url.netloc.decode()}"
 
 
 def _status_error(url: str, response: httpx.Response) -> RemoteStatusError:
