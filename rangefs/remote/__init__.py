@@ -1,6 +1,7 @@
 """Talking to HTTP servers. The only package that imports httpx."""
 
-from rangefs.remote.client import RemoteClient
+from rangefs.remote.breaker import HostBreaker
+from rangefs.remote.client import ClientStatistics, RemoteClient
 from rangefs.remote.metadata import RemoteMetadata
 
-__all__ = ["RemoteClient", "RemoteMetadata"]
+__all__ = ["ClientStatistics", "HostBreaker", "RemoteClient", "RemoteMetadata"]

@@ -1,11 +1,10 @@
-"""HTTP client for probes and validated range fetches, with retries, adaptive limits and redirect handling.
+"""HTTP client for probes and validated range fetches, with retries and adaptive limits per host.
 
-Redirects are followed here rather than by httpx so that headers configured for an entry (credentials) are
-only ever sent to the origin the user wrote down; the final location is remembered while it works and
-resolved again from the configured URL when it stops working (an expired signed URL answers 403 or 410).
-Every transport failure is translated to a RemoteError in exactly one place, ``_translated``. Transient
-failures are retried within a deadline per operation (``total_timeout``); a body cut short is resumed for
-the missing bytes only.
+Requests go through a Sender (redirects, credentials kept at their origin, the per-host breaker). Every
+failure while talking HTTP (a transport error, or anything untrusted input makes httpx, h11 or our parsing
+raise) is translated to a RemoteError in exactly one place, ``_translated``. Transient failures are retried
+within a deadline per operation (``total_timeout``), but not once the host is known down; a body cut short
+is resumed for the missing bytes only.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -24,31 +23,33 @@ import trio
 from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteStatusError, RemoteUnreachable
 from rangefs.logthrottle import LogThrottle
 from rangefs.ranges import ByteRange
+from rangefs.remote.breaker import HostBreaker
+from rangefs.remote.headers import parse_digits
 from rangefs.remote.limits import HostLimits
 from rangefs.remote.metadata import RemoteMetadata
 from rangefs.remote.retry import THROTTLE_STATUSES, RetryPolicy, is_transient, parse_retry_after
+from rangefs.remote.sender import Attempt, Headers, Sender, describe, origin_of
 from rangefs.remote.validate import (
     check_range_response,
     parse_content_range,
     parse_unsatisfied_range,
-    same_version,
+    whole_file_difference,
 )
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Headers = tuple[tuple[str, str], ...]
 
-MAX_REDIRECTS = 10
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# A remembered redirect target answering one of these has expired: start again from the configured URL.
-_EXPIRED_TARGET = frozenset({401, 403, 404, 410})
 # httpcore reads sockets 64 KiB at a time; each read costs a trip through h11 and the trio scheduler.
 # 1 MiB reads halve the CPU per MiB (STACK.md: 3.8 -> 1.5 CPU-s/GiB), the first limit on cold reads.
 _SOCKET_READ_SIZE = 1024 * 1024
 # Seconds a probe may take, retries included: probes stand between `ls` and its answer, so a dead host must
 # not hold a listing up for the whole read timeout.
 _PROBE_TIMEOUT = 5.0
+# Seconds a connection may stay unfinished before a deadline that ends it counts as a connect failure: by
+# then two SYNs went unanswered (retransmitted after 1 and 3 s, RFC 6298). An operation whose deadline ends
+# a connect just begun (its budget spent on earlier attempts) says nothing about the host.
+_UNANSWERED_CONNECT = 3.0
 
 
 @dataclass
@@ -58,6 +59,10 @@ class ClientStatistics:
     errors: int = 0
     retries: int = 0
     throttled: int = 0
+    # Hosts known down right now (HostBreaker open or half-open).
+    hosts_down: int = 0
+    # Requests failed at once, without being sent, because their host was known down.
+    requests_refused: int = 0
 
 
 @dataclass
@@ -82,6 +87,7 @@ class RemoteClient:
         verify: str | bool = True,
         http2: bool = False,
         retry: RetryPolicy | None = None,
+        breaker: HostBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _SOCKET_READ_SIZE
@@ -99,8 +105,9 @@ class RemoteClient:
         self.total_timeout = total_timeout
         self.retry = retry or RetryPolicy()
         self.limits = HostLimits(connections_per_host)
+        self.breaker = breaker or HostBreaker()
+        self._sender = Sender(self._client, self.breaker)
         self.stats = ClientStatistics()
-        self._redirected: dict[str, httpx.URL] = {}
         self._log_throttle = LogThrottle()
 
     async def aclose(self) -> None:
@@ -112,13 +119,18 @@ class RemoteClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def __repr__(self) -> str:
+        return f"<RemoteClient {self.statistics()} {self._sender!r} {self.limits!r}>"
+
     def statistics(self) -> ClientStatistics:
+        breaker = self.breaker.statistics()
+        self.stats.hosts_down, self.stats.requests_refused = breaker.hosts_down, breaker.refused
         return self.stats
 
     async def probe(self, url: str, headers: Headers = ()) -> RemoteMetadata:
         """Size and validator of ``url``: HEAD first, a one-byte ranged GET when HEAD says too little."""
         timeout = min(self.total_timeout, _PROBE_TIMEOUT)
-        return await self._with_retries(url, lambda: self._probe_once(url, headers), timeout)
+        return await self._with_retries(url, lambda attempt: self._probe_once(url, headers, attempt), timeout)
 
     async def fetch(
         self, metadata: RemoteMetadata, wanted: ByteRange, headers: Headers = (), *, demand: bool = True
@@ -127,16 +139,16 @@ class RemoteClient:
 
         Demand fetches (a reader waits) and prefetches use separate connection limits per host. A body cut
         short is resumed from where it stopped."""
-        origin = _origin_of(httpx.URL(metadata.url))
+        origin = self._origin(metadata.url)
         progress = _Progress()
 
-        async def attempt() -> bytes:
+        async def fetch_once(attempt: Attempt) -> bytes:
             async with self.limits.limiter(origin, demand=demand):
-                await self._fetch_into(metadata, wanted, progress, headers)
+                await self._fetch_into(metadata, wanted, progress, headers, attempt)
             # One copy from the socket reads into the result (a preallocated buffer would cost two passes).
             return b"".join(progress.chunks)
 
-        return await self._with_retries(metadata.url, attempt, self.total_timeout)
+        return await self._with_retries(metadata.url, fetch_once, self.total_timeout)
 
     @asynccontextmanager
     async def stream_whole(
@@ -145,47 +157,66 @@ class RemoteClient:
         """The whole file, in order, for servers that ignore Range; checked to be the version expected."""
         url = metadata.url
         self.stats.requests += 1
-        with self._translated(url):
-            async with self._request("GET", url, headers) as response:
+        async with AsyncExitStack() as stack:
+            # Translation covers the request and each chunk, not the caller's body (its errors are its own).
+            with self._translated(url):
+                response = await stack.enter_async_context(self._sender.request("GET", url, headers, Attempt()))
                 if response.status_code != 200:
                     raise _status_error(url, response)
                 encoding = response.headers.get("content-encoding", "identity").strip().lower()
                 if encoding not in ("", "identity"):
                     raise InvalidResponse(url, f"whole file sent with Content-Encoding {encoding!r}")
-                if not same_version(metadata, response.headers):
-                    raise RemoteChanged(url, "the file changed (size or validator differ)")
-                yield self._counted(response.aiter_raw())
+                difference = whole_file_difference(metadata, response.headers)
+                if difference is not None:
+                    raise RemoteChanged(url, f"the file changed: {difference}")
+            yield self._counted(url, response)
 
-    async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in chunks:
+    async def _counted(self, url: str, response: httpx.Response) -> AsyncIterator[bytes]:
+        chunks = response.aiter_raw()
+        while True:
+            with self._translated(url):
+                chunk = await anext(chunks, None)
+            if chunk is None:
+                return
             self.stats.bytes_fetched += len(chunk)
             yield chunk
 
-    async def _with_retries(self, url: str, operation: Callable[[], Awaitable[T]], time_budget: float) -> T:
-        origin = _origin_of(httpx.URL(url))
+    async def _with_retries(self, url: str, operation: Callable[[Attempt], Awaitable[T]], time_budget: float) -> T:
+        origin = self._origin(url)
         deadline = trio.current_time() + time_budget
-        for attempt in itertools.count(1):
+        for number in itertools.count(1):
+            attempt = Attempt()
             try:
                 with trio.fail_after(max(0.0, deadline - trio.current_time())):
-                    result = await operation()
+                    result = await operation(attempt)
             except trio.TooSlowError:
+                self._note_unfinished_connect(attempt, time_budget)
                 raise RemoteUnreachable(url, f"no complete answer within {time_budget:.0f} s") from None
             except RemoteError as error:
                 if isinstance(error, RemoteStatusError) and error.status in THROTTLE_STATUSES:
                     self.limits.throttled(origin)
                     self.stats.throttled += 1
-                if not is_transient(error) or attempt >= self.retry.max_attempts:
+                if attempt.host_down or not is_transient(error) or number >= self.retry.max_attempts:
                     raise
-                delay = self.retry.delay(attempt, getattr(error, "retry_after", None))
+                delay = self.retry.delay(number, getattr(error, "retry_after", None))
                 if trio.current_time() + delay >= deadline:
                     raise
                 self.stats.retries += 1
-                self._log_retry(attempt, error, delay)
+                self._log_retry(number, error, delay)
                 await trio.sleep(delay)
             else:
                 self.limits.succeeded(origin)
                 return result
         raise AssertionError("unreachable")
+
+    def _note_unfinished_connect(self, attempt: Attempt, time_budget: float) -> None:
+        # Probes have a deadline shorter than the connect timeout, so a host that drops packets shows up as
+        # a deadline that ended a connect, not as a ConnectTimeout.
+        if attempt.connecting is None:
+            return
+        connecting_for = trio.current_time() - attempt.connecting_since
+        if connecting_for >= min(_UNANSWERED_CONNECT, time_budget / 2):
+            self.breaker.failed(attempt.connecting, f"no connection within {connecting_for:.1f} s")
 
     def _log_retry(self, attempt: int, error: RemoteError, delay: float) -> None:
         level = logging.DEBUG if attempt == 1 else logging.INFO if attempt < 4 else logging.WARNING
@@ -195,18 +226,18 @@ class RemoteClient:
                 return
         log.log(level, "%s (attempt %d); retrying in %.2f s", error, attempt, delay)
 
-    async def _probe_once(self, url: str, headers: Headers) -> RemoteMetadata:
+    async def _probe_once(self, url: str, headers: Headers, attempt: Attempt) -> RemoteMetadata:
         with self._translated(url):
-            async with self._request("HEAD", url, headers) as response:
+            async with self._sender.request("HEAD", url, headers, attempt) as response:
                 length = _content_length(response)
                 if response.status_code == 200 and length is not None:
                     return _metadata_from(url, response, length)
                 if response.status_code not in (200, 400, 403, 405, 501):
                     raise _status_error(url, response)
-            return await self._probe_with_get(url, headers)
+            return await self._probe_with_get(url, headers, attempt)
 
-    async def _probe_with_get(self, url: str, headers: Headers) -> RemoteMetadata:
-        async with self._request("GET", url, headers, {"Range": "bytes=0-0"}) as response:
+    async def _probe_with_get(self, url: str, headers: Headers, attempt: Attempt) -> RemoteMetadata:
+        async with self._sender.request("GET", url, headers, attempt, {"Range": "bytes=0-0"}) as response:
             status = response.status_code
             if status == 206:
                 try:
@@ -227,9 +258,9 @@ class RemoteClient:
             raise _status_error(url, response)
 
     async def _fetch_into(
-        self, metadata: RemoteMetadata, wanted: ByteRange, progress: _Progress, headers: Headers
+        self, metadata: RemoteMetadata, wanted: ByteRange, progress: _Progress, headers: Headers, attempt: Attempt
     ) -> None:
-        """One attempt: fetch what ``progress`` says is still missing of ``wanted`` into ``body``."""
+        """One attempt: fetch what ``progress`` says is still missing of ``wanted`` into ``progress``."""
         url = metadata.url
         missing = ByteRange(wanted.start + progress.received, wanted.stop)
         extra = {"Range": missing.header_value()}
@@ -237,7 +268,7 @@ class RemoteClient:
             extra["If-Range"] = metadata.if_range
         self.stats.requests += 1
         with self._translated(url):
-            async with self._request("GET", url, headers, extra) as response:
+            async with self._sender.request("GET", url, headers, attempt, extra) as response:
                 if response.status_code >= 400:
                     raise _status_error(url, response)
                 check_range_response(url, response.status_code, response.headers, wanted=missing, metadata=metadata)
@@ -253,43 +284,13 @@ class RemoteClient:
                         url, f"body cut short: {progress.received} of {wanted.length} bytes", transient=True
                     )
 
-    @asynccontextmanager
-    async def _request(
-        self, method: str, url: str, configured: Headers, extra: dict[str, str] | None = None
-    ) -> AsyncIterator[httpx.Response]:
-        """Send a request, following redirects; configured headers go to the configured origin only."""
-        origin = httpx.URL(url)
-        remembered = self._redirected.get(url)
-        target = remembered or origin
-        for _ in range(MAX_REDIRECTS + 1):
-            headers = httpx.Headers(extra or {})
-            if _same_origin(target, origin):
-                for name, value in configured:
-                    headers[name] = value
-            response = await self._client.send(self._client.build_request(method, target, headers=headers), stream=True)
-            location = response.headers.get("location")
-            if remembered is not None and response.status_code in _EXPIRED_TARGET:
-                await response.aclose()
-                log.info("redirect target of %s answered %d; resolving %s again", url, response.status_code, url)
-                del self._redirected[url]
-                remembered, target = None, origin
-                continue
-            if response.status_code not in _REDIRECTS or location is None:
-                if target != origin and response.status_code < 300:
-                    self._redirected[url] = target
-                try:
-                    yield response
-                finally:
-                    await response.aclose()
-                return
-            await response.aclose()
-            target = target.join(location)
-            if method == "GET" and response.status_code == 303:
-                raise InvalidResponse(url, "redirected with 303 See Other, which does not point to the file itself")
-        raise InvalidResponse(url, f"more than {MAX_REDIRECTS} redirects")
+    def _origin(self, url: str) -> str:
+        with self._translated(url):
+            return origin_of(httpx.URL(url))
 
     @contextmanager
     def _translated(self, url: str) -> Iterator[None]:
+        """The one place where failing to talk HTTP becomes a RemoteError; cancellation passes untouched."""
         try:
             yield
         except RemoteError:
@@ -301,17 +302,19 @@ class RemoteClient:
         except httpx.RemoteProtocolError as error:
             self.stats.errors += 1
             raise InvalidResponse(url, f"protocol error: {error}", transient=True) from None
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as error:
+            # Our own request cannot be sent (a header value h11 refuses, a scheme httpx lacks): final.
+            self.stats.errors += 1
+            raise InvalidResponse(url, f"cannot send the request: {type(error).__name__}: {error}") from None
         except httpx.HTTPError as error:
             self.stats.errors += 1
-            raise RemoteUnreachable(url, f"{type(error).__name__}: {error or 'connection failed'}") from None
-
-
-def _origin_of(url: httpx.URL) -> str:
-    return f"{url.scheme}://{url.netloc.decode()}"
-
-
-def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
-    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+            raise RemoteUnreachable(url, describe(error)) from None
+        except Exception as error:
+            # Untrusted input (a URL, a Location or header value, a codec) made httpx, h11 or our parsing raise
+            # something else: one bad answer fails its request, never the mount.
+            self.stats.errors += 1
+            log.debug("unexpected error talking to %s", url, exc_info=True)
+            raise InvalidResponse(url, f"unexpected {type(error).__name__}: {error}") from None
 
 
 def _status_error(url: str, response: httpx.Response) -> RemoteStatusError:
@@ -321,8 +324,7 @@ def _status_error(url: str, response: httpx.Response) -> RemoteStatusError:
 
 
 def _content_length(response: httpx.Response) -> int | None:
-    value = response.headers.get("content-length", "").strip()
-    return int(value) if value.isdigit() else None
+    return parse_digits(response.headers.get("content-length"))
 
 
 def _metadata_from(url: str, response: httpx.Response, size: int) -> RemoteMetadata:
@@ -332,7 +334,7 @@ def _metadata_from(url: str, response: httpx.Response, size: int) -> RemoteMetad
     return RemoteMetadata(
         url=url,
         size=size,
-        etag=response.headers.get("etag"),
-        last_modified=response.headers.get("last-modified"),
+        etag=response.headers.get("etag") or None,
+        last_modified=response.headers.get("last-modified") or None,
         accepts_ranges=response.status_code == 206 or accept_ranges != "none",
     )

@@ -1,0 +1,149 @@
+"""Sender: one logical request, with redirects followed and every hop passed through the host's breaker.
+
+Redirects are followed here rather than by httpx so that headers configured for an entry (credentials) are
+only ever sent to the origin the user wrote down; the final location is remembered while it works and
+resolved again from the configured URL when it stops working (an expired signed URL answers 403 or 410).
+
+Each hop asks the HostBreaker of the host it goes to first, and tells it what connecting taught: a connect
+failure marks the host down; an answer, or httpcore's trace of a request being written on a connection
+(``http11.*``/``http2.*`` events: a fresh connection was made, or a pooled one reused), marks it up. The
+``Attempt`` records what the owner of a deadline needs to know afterwards (still connecting? host down?).
+Errors are left to the caller's one translation point.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from rangefs.errors import InvalidResponse, RemoteUnreachable
+from rangefs.remote.breaker import Admission, HostBreaker
+
+log = logging.getLogger(__name__)
+
+Headers = tuple[tuple[str, str], ...]
+
+MAX_REDIRECTS = 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# A remembered redirect target answering one of these has expired: start again from the configured URL.
+_EXPIRED_TARGET = frozenset({401, 403, 404, 410})
+# No connection could be made: what trips the HostBreaker (ConnectError covers refused and DNS failures).
+_CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)
+# httpcore trace events (named after its loggers) that are only sent over an established connection.
+_CONNECTED_EVENTS = ("http11.", "http2.")
+
+
+@dataclass
+class Attempt:
+    """What one attempt of an operation learnt about the hosts it talked to."""
+
+    # Origin a request is connecting to: set before sending, cleared once connected or failed. Still set
+    # after a cancellation while connecting, so the owner of a deadline can tell the breaker.
+    connecting: str | None = None
+    # trio.current_time() when that connecting began.
+    connecting_since: float = 0.0
+    # The attempt failed because a host is known down (refused by, or just tripped, its breaker).
+    host_down: bool = False
+
+
+class Sender:
+    """Sends requests over ``client`` (which must not follow redirects itself) through ``breaker``."""
+
+    def __init__(self, client: httpx.AsyncClient, breaker: HostBreaker) -> None:
+        self._client = client
+        self.breaker = breaker
+        # Configured URL -> where it last redirected to, while that keeps answering.
+        self._redirected: dict[str, httpx.URL] = {}
+
+    def __repr__(self) -> str:
+        return f"<Sender {len(self._redirected)} redirects remembered {self.breaker!r}>"
+
+    @asynccontextmanager
+    async def request(
+        self, method: str, url: str, configured: Headers, attempt: Attempt, extra: dict[str, str] | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """Send a request, following redirects; configured headers go to the configured origin only."""
+        origin = httpx.URL(url)
+        remembered = self._redirected.get(url)
+        target = remembered or origin
+        for _ in range(MAX_REDIRECTS + 1):
+            headers = httpx.Headers(extra or {})
+            if _same_origin(target, origin):
+                for name, value in configured:
+                    headers[name] = value
+            response = await self._send(url, self._client.build_request(method, target, headers=headers), attempt)
+            location = response.headers.get("location")
+            if remembered is not None and response.status_code in _EXPIRED_TARGET:
+                await response.aclose()
+                log.info("redirect target of %s answered %d; resolving %s again", url, response.status_code, url)
+                # Concurrent requests can all find the same expired target: whichever comes first forgets it.
+                self._redirected.pop(url, None)
+                remembered, target = None, origin
+                continue
+            if response.status_code not in _REDIRECTS or location is None:
+                if target != origin and response.status_code < 300:
+                    self._redirected[url] = target
+                try:
+                    yield response
+                finally:
+                    await response.aclose()
+                return
+            await response.aclose()
+            target = target.join(location)
+            if method == "GET" and response.status_code == 303:
+                raise InvalidResponse(url, "redirected with 303 See Other, which does not point to the file itself")
+        raise InvalidResponse(url, f"more than {MAX_REDIRECTS} redirects")
+
+    async def _send(self, url: str, request: httpx.Request, attempt: Attempt) -> httpx.Response:
+        """Send one request (no redirects) through the breaker of the host it goes to."""
+        host = origin_of(request.url)
+        admission = self.breaker.admit(host)
+        if admission is Admission.REFUSED:
+            attempt.host_down = True
+            raise RemoteUnreachable(url, self.breaker.refusal(host))
+        attempt.connecting, attempt.connecting_since = host, trio.current_time()
+
+        async def trace(event: str, info: Mapping[str, object]) -> None:
+            if attempt.connecting == host and event.startswith(_CONNECTED_EVENTS):
+                self._connected(attempt)
+
+        request.extensions["trace"] = trace
+        try:
+            response = await self._client.send(request, stream=True)
+        except _CONNECT_FAILURES as error:
+            attempt.connecting, attempt.host_down = None, True
+            self.breaker.failed(host, describe(error))
+            raise
+        except Exception:
+            self._connected(attempt)  # failed after connecting (read timeout, reset, ...): the host is up
+            raise
+        except BaseException:
+            # Cancelled. If still connecting, ``attempt.connecting`` stays set for the owner of the deadline.
+            self.breaker.abandoned(host, admission)
+            raise
+        self._connected(attempt)
+        return response
+
+    def _connected(self, attempt: Attempt) -> None:
+        if attempt.connecting is not None:
+            self.breaker.reached(attempt.connecting)
+            attempt.connecting = None
+
+
+def origin_of(url: httpx.URL) -> str:
+    # The port made explicit, so http://h/ and http://h:80/ are one host for limits and the breaker.
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme, 0)
+    return f"{url.scheme}://{url.host}:{port}"
+
+
+def describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error or 'connection failed'}"
+
+
+def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
