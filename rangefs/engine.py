@@ -90,8 +90,8 @@ class RemoteFile:
     def __init__(self, entry: Entry, index: int) -> None:
         self.entry = entry
         self.index = index
-        self.metadata: RemoteMetadata | None = None
-        self.failure: RemoteError | None = None
+        self.metadata: RemoteMetadata | None = None  # the version last seen (kept when a later probe failed)
+        self.failure: RemoteError | None = None  # why the last probe failed: opens fail with it
         self.stale = False  # a read saw the file change: probe again before the next open
         self.probed_at = 0.0  # wall-clock time of the probe that produced ``metadata``
         self.index_planned_for: str | None = None  # object id whose format index was prefetched
@@ -204,6 +204,25 @@ class FileEngine:
         done = file._probed
         previous, previously_failed = file.metadata, file.failure is not None
         try:
+            await self._probe_once(file)
+            # The kernel may hold attributes or pages of what it saw before: another version, or what it was
+            # shown while the file failed. (A first successful probe needs nothing: the kernel saw nothing yet.)
+            current = file.metadata
+            changed = previous is not None and current is not None and not previous.same_version(current)
+            if changed and previous is not None:
+                dropped = self.store.drop_object(previous.object_id)
+                log.info("%s changed on the server; dropped %d cached pieces of the old version", file.url, dropped)
+            recovered = previously_failed and file.failure is None
+            if (changed or recovered) and self.on_metadata_changed is not None:
+                await self.on_metadata_changed(file.index)
+        finally:
+            # Only now do opens waiting for this probe go on: the kernel has forgotten what no longer holds.
+            file._probing = False
+            done.set()
+
+    async def _probe_once(self, file: RemoteFile) -> None:
+        """Probe, and record what was learnt (or what failed) in ``file``; never raises a RangefsError."""
+        try:
             async with self._probe_limiter:
                 metadata = await self.client.probe(file.url, file.entry.headers)
             expected = file.entry.expected_size
@@ -216,17 +235,6 @@ class FileEngine:
         except Exception as error:  # a bug must fail this file, not the engine (probes are service tasks)
             log.exception("unexpected error probing %s", file.url)
             self._probe_failed(file, RemoteError(file.url, f"unexpected error: {error!r}"))
-        finally:
-            file._probing = False
-            done.set()
-        # The kernel may hold attributes or pages of what it saw before: a size-0 placeholder for a failed
-        # probe, or another version. (A first successful probe needs nothing: the kernel saw nothing yet.)
-        changed = previous is not None and (file.metadata is None or not previous.same_version(file.metadata))
-        if changed and file.metadata is not None and previous is not None:
-            dropped = self.store.drop_object(previous.object_id)
-            log.info("%s changed on the server; dropped %d cached pieces of the old version", file.url, dropped)
-        if (changed or (previously_failed and file.metadata is not None)) and self.on_metadata_changed is not None:
-            await self.on_metadata_changed(file.index)
 
     def _probe_failed(self, file: RemoteFile, error: RemoteError) -> None:
         """Keep the known version through a failure that proves nothing (a 5xx, a timeout, a host down);
@@ -236,7 +244,9 @@ class FileEngine:
             log.warning("cannot revalidate %s (%s); serving the version known", file.url, error.cause)
             return
         log.warning("cannot probe %s: %s", file.url, error.cause)
-        file.metadata, file.failure = None, error
+        # Opens fail from now on; what was known stays for attributes, so the kernel does not cut the file short
+        # under handles still open on that version (their reads go on being checked against it).
+        file.failure = error
 
     async def open(self, file_index: int) -> int:
         """A handle for reading the file; revalidates first when what is known of it may be out of date."""
@@ -249,9 +259,9 @@ class FileEngine:
             if not file._probing:
                 file._probed = trio.Event()
             await self._probe(file)
-        if file.metadata is None:
-            assert file.failure is not None
+        if file.failure is not None:
             raise file.failure
+        assert file.metadata is not None
         handle = next(self._handle_numbers)
         version = RemoteVersion(self.client, file.metadata, file, self)
         keep_cache = file.kernel_version == version.object_id

@@ -104,7 +104,11 @@ class RangefsOperations(pyfuse3.Operations):
         inode = self._inode_of_file[file_index]
         # In a worker thread: the kernel may hold a page lock while it waits for a read this loop must answer.
         try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, pyfuse3.InodeT(inode), False)
+            # Abandoned on cancel: at unmount the kernel may never release what it waits for, and the daemon
+            # must still exit (the thread ends with the process).
+            await trio.to_thread.run_sync(
+                pyfuse3.invalidate_inode, pyfuse3.InodeT(inode), False, abandon_on_cancel=True
+            )
         except OSError as error:
             log.debug("cannot invalidate inode %d: %s", inode, error)
         except Exception:  # called from service tasks (probes): never let it end the mount
@@ -127,7 +131,9 @@ class RangefsOperations(pyfuse3.Operations):
         mtime_ns = self._mount_time_ns
         if isinstance(node, FileNode):
             file = await self.engine.metadata(node.file_index) if wait else self.engine.probed(node.file_index)
-            if file is None:
+            if file is None or file.metadata is None or file.failure is not None:
+                # Not probed yet, or the probe failed: attributes the kernel must not keep, or a file that comes
+                # back would keep its placeholder size until the attribute timeout.
                 attrs.entry_timeout = attrs.attr_timeout = 0
             size = file.metadata.size if file and file.metadata else 0
             mtime = file.metadata.mtime if file and file.metadata else None

@@ -38,6 +38,7 @@ _FAULTS = {
     "short": faults.only(("GET",), faults.short_body),
     "503": faults.status(503, {"Retry-After": "0"}),
     "whole": faults.whole_file,
+    "head-206": faults.only(("HEAD",), faults.reset_mid_body),  # a broken server answering HEAD with a 206
 }
 
 
@@ -172,14 +173,18 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def main() -> int:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--readers", type=int, default=4)
     parser.add_argument("--rate", type=float, default=20.0, help="MiB/s per connection at the origin")
     parser.add_argument("--rss-limit", type=float, default=300.0, help="MiB; the run fails above it")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_arguments()
     rng = random.Random(args.seed)
     history = History()
     sizes = {"/a.bin": 48 * MiB, "/b.bin": 16 * MiB + 123, "/c.zip": 5 * MiB, "/d.bin": 3 * MiB + 7, "/e.mp4": 9 * MiB}
@@ -227,7 +232,11 @@ def main() -> int:
             readers.stop.set()
             for thread in threads:
                 thread.join(timeout=60)
-            mount.unmount()
+            try:
+                mount.unmount()
+            except AssertionError as error:
+                readers.problems.append(str(error))
+                print("soak: the daemon's log:\n" + "\n".join(mount.log_text().splitlines()[-40:]))
         status = report(args, readers, mount.unexpected_log_lines(), peak, (time.monotonic() - started) / 60)
         if status:
             print(

@@ -88,9 +88,9 @@ def test_concurrent_readers_of_one_block_share_one_fetch(tmp_path: Path) -> None
     async def test(store: BlockStore) -> None:
         results: list[bytes] = []
         async with trio.open_nursery() as readers:
-            for offset in (0, 100, 60 * KiB, 64 * KiB - 1):
+            for offset in (0, 100, 50 * KiB, 56 * KiB):
                 readers.start_soon(lambda o=offset: _append(results, store.read(source, o, 8 * KiB)))
-        assert sorted(results) == sorted(source.data[o : o + 8 * KiB] for o in (0, 100, 60 * KiB, 64 * KiB - 1))
+        assert sorted(results) == sorted(source.data[o : o + 8 * KiB] for o in (0, 100, 50 * KiB, 56 * KiB))
         assert len(source.fetches) == 1
 
     trio.run(_with_store, _cache(tmp_path), 64 * KiB, test)
@@ -139,6 +139,24 @@ def test_a_range_fetch_answered_whole_hands_its_readers_to_one_stream(tmp_path: 
         assert source.streams_whole
         assert len(source.fetches) == 1, "one range request found out; then no more"
         assert source.streams == 1, "every block came from the one stream"
+
+    trio.run(_with_store, _cache(tmp_path), 64 * KiB, test)
+
+
+def test_a_prefetch_handed_to_a_stream_is_not_failed_by_its_reservation(tmp_path: Path) -> None:
+    """Found by scripts/soak.py: a prefetch part whose range fetch found the server ignoring ranges handed its
+    blocks to a stream, then abandoned its reservation and so failed them anyway; the server then did ranges
+    again (a revalidation said so), a range fetch registered block 0 anew, and the stream completed that
+    registration: the fetch's own completion raised KeyError, and the mount was gone."""
+    source = MemorySource(pattern_bytes(6 * 64 * KiB, seed=8), ranges=False)
+
+    async def test(store: BlockStore) -> None:
+        reserved = store.reserve(source, range(2))
+        await store.fetch_reserved(source, reserved)  # 200 to the range: handed to a stream
+        store.abandon(reserved)
+        source.ranges, source.streams_whole = True, False
+        assert await store.read(source, 0, 1000) == source.data[:1000]
+        assert await store.read(source, 0, source.size) == source.data
 
     trio.run(_with_store, _cache(tmp_path), 64 * KiB, test)
 

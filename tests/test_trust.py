@@ -136,3 +136,34 @@ def test_one_untrusted_header_fails_one_file_not_the_mount(origin: Origin, mount
             assert error.errno in (5, 13), name
     assert _read(mounted.path / "good.bin") == good, "the mount is still up"
     assert "Traceback" not in mounted.log_text()
+
+
+def test_a_failed_probe_does_not_cut_short_a_file_open_on_a_known_version(
+    origin: Origin, mount_factory: MountFactory
+) -> None:
+    """Found by scripts/soak.py: a probe that failed (here the server answers HEAD with 404) set the file's
+    size to 0 for everyone; the kernel then answered reads of a handle still open on the known version with
+    EOF, a silent wrong result."""
+    data = pattern_bytes(2 * MiB, seed=91)
+    url = origin.add("/gone.bin", data)
+    mounted = mount_factory([url])
+    mounted.allowed_log_patterns.append("cannot probe|open of .* failed")
+    path = mounted.path / "gone.bin"
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert os.pread(fd, 4096, 0) == data[:4096]
+        origin.faults["/gone.bin"] = faults.only(("HEAD",), faults.status(404))
+        time.sleep(1.2)
+        try:
+            os.close(os.open(path, os.O_RDONLY))
+        except OSError as error:
+            assert error.errno == 5
+        else:
+            raise AssertionError("an open after the file vanished must fail")
+        assert os.fstat(fd).st_size == len(data)
+        assert os.pread(fd, 4096, MiB) == data[MiB : MiB + 4096]
+    finally:
+        os.close(fd)
+    del origin.faults["/gone.bin"]
+    time.sleep(1.2)
+    assert _read(path) == data, "and it comes back"

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import trio
 
-from rangefs.blocks.flight import InFlight, Pending
+from rangefs.blocks.flight import Entry, InFlight, Pending
 from rangefs.blocks.memory import MemoryTier
 from rangefs.blocks.stream import StreamOverrun, WholeFileStream
 from rangefs.blocks.writer import CacheWriter
@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 # A read retries when a fetch it joined was aborted; more than a couple in a row means the mount is stopping.
 _READ_ATTEMPTS = 3
 
-Run = list[tuple[PieceKey, Pending]]  # pieces of one request, adjacent, in file order
+Run = list[Entry]  # registered pieces, with their Pendings
+# Owner of reserved pieces until a fetch takes them (the Pending objects tell reservations apart).
+_RESERVED = object()
+_UNREGISTERED = Pending(owner=None)
 
 
 @asynccontextmanager
@@ -163,6 +166,7 @@ class BlockStore:
         wanted = clamp_read(offset, size, source.size)
         parts: list[bytes | tuple[Pending, int, int]] = []
         missing: Run = []
+        owner = object()  # this read owns what it registers until _start hands it on
         # No await from here to _start: the tiers and the in-flight map are consulted and changed atomically.
         try:
             for index in blocks_covering(wanted, self.block_size):
@@ -177,18 +181,18 @@ class BlockStore:
                         c_hi = min(block.start + hi, chunk.stop) - chunk.start
                         piece = self._lookup(chunk, c_lo, c_hi)
                         if piece is None:
-                            pending = self.in_flight.register(chunk)
+                            pending = self.in_flight.register(chunk, owner)
                             missing.append((chunk, pending))
                             piece = (pending, c_lo, c_hi)
                         parts.append(piece)
                 else:
-                    pending = self.in_flight.register(block)
+                    pending = self.in_flight.register(block, owner)
                     missing.append((block, pending))
                     parts.append((pending, lo, hi))
         except BaseException as error:
-            self.in_flight.fail([key for key, _ in missing], error)
+            self.in_flight.fail(missing, error, owner)
             raise
-        self._start(source, missing, demand=True)
+        self._start(source, missing, owner, demand=True)
         if all(isinstance(part, bytes) for part in parts):
             await trio.lowlevel.checkpoint()  # a run of hits must still let the loop breathe (and be cancelled)
         result = [part if isinstance(part, bytes) else await part[0].wait(part[1], part[2]) for part in parts]
@@ -222,8 +226,9 @@ class BlockStore:
 
     def start_fetches(self, source: RangeSource, indices: Iterable[int], *, demand: bool) -> None:
         """Start fetching the given blocks that are not at hand, in the service nursery. Never waits."""
-        missing = [(key, self.in_flight.register(key)) for key in self._not_at_hand(source, indices)]
-        self._start(source, missing, demand=demand)
+        owner = object()
+        missing = [(key, self.in_flight.register(key, owner)) for key in self._not_at_hand(source, indices)]
+        self._start(source, missing, owner, demand=demand)
 
     def reserve(self, source: RangeSource, indices: Iterable[int]) -> Run:
         """Register the given blocks that are not at hand, for a prefetch to fetch later with
@@ -231,39 +236,43 @@ class BlockStore:
         owns them: it must pass them to ``fetch_reserved`` or ``abandon``. Never waits."""
         if source.streams_whole:
             return []  # a stream brings every block anyway
-        return [(key, self.in_flight.register(key)) for key in self._not_at_hand(source, indices)]
+        return [(key, self.in_flight.register(key, _RESERVED)) for key in self._not_at_hand(source, indices)]
 
     async def fetch_reserved(self, source: RangeSource, reserved: Run) -> None:
         """Fetch reserved blocks in this task (cancelling it cancels the fetch); see ``abandon``."""
         for run in self._runs(reserved):
-            await self._fetch_run(source, run, demand=False)
+            token = object()
+            taken = self.in_flight.take(run, _RESERVED, token)
+            if taken:
+                await self._fetch_run(source, taken, token, demand=False)
 
     def abandon(self, reserved: Run) -> None:
-        """Fail reserved blocks that were not fetched: readers that joined them fetch them themselves."""
-        self.in_flight.fail([key for key, _ in reserved], FetchAborted("prefetch cancelled"))
+        """Fail reserved blocks that no fetch took: readers that joined them fetch them themselves."""
+        self.in_flight.fail(reserved, FetchAborted("prefetch cancelled"), _RESERVED)
 
     def _not_at_hand(self, source: RangeSource, indices: Iterable[int]) -> list[PieceKey]:
         keys = (self.block_key(source, index) for index in indices)
         return [key for key in keys if not self.is_at_hand(key)]
 
-    def _start(self, source: RangeSource, missing: Run, *, demand: bool) -> None:
-        """Take ownership of registered pieces: each is fetched by a task started here, or failed."""
+    def _start(self, source: RangeSource, missing: Run, owner: object, *, demand: bool) -> None:
+        """Hand registered pieces on from ``owner``: each to a fetch run started here, or to a stream."""
         if not missing:
             return
         if source.streams_whole:
-            self._stream(source, missing)
+            self._stream(source, missing, owner)
             return
         runs = self._runs(missing)
-        started = 0
-        try:
-            for run in runs:
-                self._nursery.start_soon(self._fetch_run, source, run, demand)
-                started += 1
-        except BaseException as error:  # the nursery is closing: the mount stops
-            aborted = FetchAborted(f"cannot start a fetch: {error!r}")
-            for run in runs[started:]:
-                self.in_flight.fail([key for key, _ in run], aborted)
-            raise
+        for number, run in enumerate(runs):
+            token = object()
+            taken = self.in_flight.take(run, owner, token)
+            try:
+                self._nursery.start_soon(self._fetch_run, source, taken, token, demand)
+            except BaseException as error:  # the nursery is closing: the mount stops
+                aborted = FetchAborted(f"cannot start a fetch: {error!r}")
+                self.in_flight.fail(taken, aborted, token)
+                for later in runs[number + 1 :]:
+                    self.in_flight.fail(later, aborted, owner)
+                raise
 
     def _runs(self, pieces: Run) -> list[Run]:
         """Adjacent pieces grouped into requests of at most ``max_request_size`` bytes."""
@@ -276,17 +285,11 @@ class BlockStore:
                 runs.append([(key, pending)])
         return runs
 
-    async def _fetch_run(self, source: RangeSource, run: Run, demand: bool) -> None:
-        """One request for adjacent pieces; every piece of the run is completed or failed on the way out."""
+    async def _fetch_run(self, source: RangeSource, run: Run, owner: object, demand: bool) -> None:
+        """One request for adjacent pieces ``owner`` owns; each is completed, failed or handed to a stream."""
         wanted = ByteRange(run[0][0].start, run[-1][0].stop)
-        keys = [key for key, _ in run]
-        log.debug(
-            "fetch %s of %s (%s)",
-            wanted.header_value(),
-            source.describe().get("url"),
-            "demand" if demand else "prefetch",
-        )
         url = str(source.describe().get("url"))
+        log.debug("fetch %s of %s (%s)", wanted.header_value(), url, "demand" if demand else "prefetch")
         error: BaseException | None = FetchAborted(f"fetch of {wanted.header_value()} was cancelled")
         self.stats.requests += 1
         self.stats.bytes_in_flight += wanted.length
@@ -297,8 +300,8 @@ class BlockStore:
             error = None
         except RangesUnsupported:
             source.ranges_unsupported()
-            error = None  # not an error for the readers: the stream takes the pieces over
-            self._stream(source, [(key, pending) for key, pending in run if self.in_flight.get(key) is pending])
+            error = None  # not an error for the readers: a stream takes the pieces over
+            self._stream(source, run, owner)
             return
         except RangefsError as failure:
             error = failure
@@ -312,42 +315,40 @@ class BlockStore:
         finally:
             self.stats.bytes_in_flight -= wanted.length
             if error is not None:
-                self.in_flight.fail(keys, error)
+                self.in_flight.fail(run, error, owner)
         self.stats.bytes_fetched += wanted.length
-        pieces = [(key, data[key.start - wanted.start : key.stop - wanted.start]) for key in keys]
-        self._deliver(pieces)
-        await self.writer.write(pieces, source.describe(), wait=not demand)
+        pieces = [(entry, data[entry[0].start - wanted.start : entry[0].stop - wanted.start]) for entry in run]
+        self._deliver(pieces, owner)
+        await self.writer.write([(entry[0], piece) for entry, piece in pieces], source.describe(), wait=not demand)
 
-    def _deliver(self, pieces: list[tuple[PieceKey, memoryview]]) -> None:
+    def _deliver(self, pieces: list[tuple[Entry, memoryview]], owner: object) -> None:
         """Fetched pieces into memory, then to their waiters (so no reader misses them in between)."""
-        for key, data in pieces:
-            self.memory.put(key, data)
-            self.in_flight.complete(key, data)
-            self.stats.blocks_fetched += 1
+        for entry, data in pieces:
+            self.memory.put(entry[0], data)
+            if self.in_flight.complete(entry, data, owner):
+                self.stats.blocks_fetched += 1
 
     # Whole-file streams ----------------------------------------------------------------------------------
 
-    def _stream(self, source: RangeSource, registered: Run) -> None:
-        """Take ownership of registered pieces for a whole-file stream that will still pass them, with every
-        other block that is not at hand (the stream carries them anyway); start a stream if none will pass them."""
+    def _stream(self, source: RangeSource, registered: Run, owner: object) -> None:
+        """Hand pieces ``owner`` owns to a whole-file stream that will still pass them, with every other block
+        that is not at hand (the stream carries them anyway); start a stream if none will pass them."""
         if not registered:
             return
-        keys = [key for key, _ in registered]
+        streams = self._streams.setdefault(source.object_id, [])
+        entries = list(registered)
         try:
-            rest = self._not_at_hand(source, range(block_count(source.size, self.block_size)))
-            for key in rest:
-                self.in_flight.register(key)
-                keys.append(key)
-            streams = self._streams.setdefault(source.object_id, [])
-            stream = next((s for s in streams if all(s.wants(key) for key in keys)), None)
+            blocks = range(block_count(source.size, self.block_size))
+            entries += [(key, self.in_flight.register(key, owner)) for key in self._not_at_hand(source, blocks)]
+            stream = next((s for s in streams if all(s.wants(key) for key, _ in entries)), None)
             if stream is None:
                 stream = WholeFileStream(source.size)
                 self._nursery.start_soon(self._run_stream, source, stream)
                 streams.append(stream)
-            for key in keys:
+            for key, _ in self.in_flight.take(entries, owner, stream):
                 stream.add(key)
         except BaseException as error:
-            self.in_flight.fail(keys, FetchAborted(f"cannot start a stream: {error!r}"))
+            self.in_flight.fail(entries, FetchAborted(f"cannot start a stream: {error!r}"), owner)
             raise
 
     async def _run_stream(self, source: RangeSource, stream: WholeFileStream) -> None:
@@ -360,7 +361,7 @@ class BlockStore:
                     self.stats.bytes_fetched += len(chunk)
                     completed = stream.feed(chunk)
                     if completed:
-                        self._deliver(completed)
+                        self._deliver([(self._entry(key), data) for key, data in completed], stream)
                         # The stream is read ahead for everyone: let it wait for the disk, like a prefetch.
                         await self.writer.write(completed, source.describe(), wait=True)
                     if not stream.waiting:
@@ -384,4 +385,8 @@ class BlockStore:
                 streams.remove(stream)
             if not streams:
                 self._streams.pop(source.object_id, None)
-            self.in_flight.fail(stream.waiting, error)
+            self.in_flight.fail([self._entry(key) for key in stream.waiting], error, stream)
+
+    def _entry(self, key: PieceKey) -> Entry:
+        """A registered piece with its Pending (a stand-in nobody owns if it is no longer registered)."""
+        return key, self.in_flight.get(key) or _UNREGISTERED
