@@ -6,10 +6,13 @@ Each test failed on 0.1; the number in its docstring is the path's number in the
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
-from tests import faults
+import pytest
+
+from tests import faults, netns
 from tests.conftest import MountFactory
 from tests.mounting import read_direct
 from tests.origin import Origin, pattern_bytes
@@ -167,3 +170,31 @@ def test_a_failed_probe_does_not_cut_short_a_file_open_on_a_known_version(
     del origin.faults["/gone.bin"]
     time.sleep(1.2)
     assert _read(path) == data, "and it comes back"
+
+
+def test_a_host_that_drops_packets_costs_about_one_connect_timeout(origin: Origin, mount_factory: MountFactory) -> None:
+    """8: readdir waited for every child's probe, 32 at a time, each retrying for up to 5 s: 10,000 URLs on a
+    host that drops packets kept `ls` busy for about 26 minutes. Now names come at once, and the host is known
+    dead for all its URLs after its first connect attempts fail."""
+    reason = netns.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    data = pattern_bytes(100_000, seed=92)
+    good = origin.add("/alive.bin", data)
+    with netns.namespace("rfs-drop", 0) as address:
+        subprocess.run(
+            netns.exec_argv("rfs-drop", ["iptables", "-I", "INPUT", "-p", "tcp", "-j", "DROP"]), check=True, timeout=30
+        )
+        dead = [f"dead/{number:03d}.bin http://{address}:8080/{number}.bin" for number in range(300)]
+        mounted = mount_factory([f"alive.bin {good}", *dead], "--timeout", "4")
+        mounted.allowed_log_patterns.append("WARNING")
+        started = time.monotonic()
+        assert len(os.listdir(mounted.path / "dead")) == 300
+        assert time.monotonic() - started < 1.0, "names at once, whatever the probes do"
+        assert _read(mounted.path / "alive.bin") == data, "another host is not held up"
+        started = time.monotonic()
+        sizes = [entry.stat().st_size for entry in os.scandir(mounted.path / "dead")]
+        elapsed = time.monotonic() - started
+        assert sizes == [0] * 300
+        assert elapsed < 12, f"ls -l took {elapsed:.1f} s: about one connect timeout (4 s), not one per batch"
+        mounted.unmount()
