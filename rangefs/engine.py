@@ -45,7 +45,7 @@ from rangefs.remote.retry import is_transient
 
 log = logging.getLogger(__name__)
 
-# Reads at most this large that are not part of a sequential stream fetch only the 64 KiB chunks they touch
+# Reads at most this large that are not part of a sequential stream fetch only the small pieces they touch
 # (a SQLite page, a zip header) instead of whole blocks. Larger ones (a video player after a seek) are likely
 # to go on reading, and get whole blocks.
 _SPARSE_READ = 32 * 1024
@@ -80,8 +80,8 @@ class RemoteVersion:
     def ranges_unsupported(self) -> None:
         self._engine.ranges_unsupported(self._file)
 
-    async def fetch(self, wanted: ByteRange, *, demand: bool) -> bytes:
-        return await self._client.fetch(self.metadata, wanted, self._headers, demand=demand)
+    async def fetch_into(self, wanted: ByteRange, sink: Callable[[bytes], None], *, demand: bool) -> None:
+        await self._client.fetch_into(self.metadata, wanted, sink, self._headers, demand=demand)
 
 
 class RemoteFile:

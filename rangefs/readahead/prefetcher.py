@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 StreamKey = tuple[int, int]  # (open handle, stream id)
 # Prefetches of format indexes belong to no open handle: closing the file does not cancel them.
 _INDEX_KEY: StreamKey = (0, 0)
-# Index reads and prefetches up to this size fetch only the 64 KiB chunks they cover.
+# Index reads and prefetches up to this size fetch only the small pieces they cover (one request each).
 _SMALL_INDEX = 256 * 1024
 
 

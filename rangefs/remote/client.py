@@ -13,7 +13,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import httpcore
@@ -67,9 +67,9 @@ class ClientStatistics:
 
 @dataclass
 class _Progress:
-    """What the attempts of one fetch have received so far."""
+    """Where the attempts of one fetch send what they receive, and how much that is so far."""
 
-    chunks: list[bytes] = field(default_factory=list)
+    sink: Callable[[bytes], None]
     received: int = 0
 
 
@@ -94,7 +94,11 @@ class RemoteClient:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
             # The HostLimits below bound connections; httpx's pool only keeps them alive.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=4 * connections_per_host),
+            # Idle connections are kept for a minute (httpx's default is 5 s): a reader coming back after a pause
+            # saves the handshake, and httpcore checks a pooled connection is still open before reusing it.
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=4 * connections_per_host, keepalive_expiry=60.0
+            ),
             follow_redirects=False,
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
             verify=verify,
@@ -135,20 +139,35 @@ class RemoteClient:
     async def fetch(
         self, metadata: RemoteMetadata, wanted: ByteRange, headers: Headers = (), *, demand: bool = True
     ) -> bytes:
-        """Exactly the ``wanted`` bytes of the version ``metadata`` describes, or a RemoteError.
+        """Exactly the ``wanted`` bytes of the version ``metadata`` describes, or a RemoteError."""
+        chunks: list[bytes] = []
+        await self.fetch_into(metadata, wanted, chunks.append, headers, demand=demand)
+        # One copy from the socket reads into the result (a preallocated buffer would cost two passes).
+        return b"".join(chunks)
+
+    async def fetch_into(
+        self,
+        metadata: RemoteMetadata,
+        wanted: ByteRange,
+        sink: Callable[[bytes], None],
+        headers: Headers = (),
+        *,
+        demand: bool = True,
+    ) -> None:
+        """Pass exactly the ``wanted`` bytes of the version ``metadata`` describes to ``sink``, in order, as they
+        arrive (each chunk once the answer's headers proved it is that version), or raise a RemoteError; after
+        an error, what ``sink`` got is a correct prefix.
 
         Demand fetches (a reader waits) and prefetches use separate connection limits per host. A body cut
         short is resumed from where it stopped."""
         origin = self._origin(metadata.url)
-        progress = _Progress()
+        progress = _Progress(sink)
 
-        async def fetch_once(attempt: Attempt) -> bytes:
+        async def fetch_once(attempt: Attempt) -> None:
             async with self.limits.limiter(origin, demand=demand):
                 await self._fetch_into(metadata, wanted, progress, headers, attempt)
-            # One copy from the socket reads into the result (a preallocated buffer would cost two passes).
-            return b"".join(progress.chunks)
 
-        return await self._with_retries(metadata.url, fetch_once, self.total_timeout)
+        await self._with_retries(metadata.url, fetch_once, self.total_timeout)
 
     @asynccontextmanager
     async def stream_whole(
@@ -276,8 +295,8 @@ class RemoteClient:
                     end = progress.received + len(chunk)
                     if end > wanted.length:
                         raise InvalidResponse(url, f"body longer than the {missing.length} bytes asked for")
-                    progress.chunks.append(chunk)
                     progress.received = end
+                    progress.sink(chunk)
                     self.stats.bytes_fetched += len(chunk)
                 if progress.received != wanted.length:
                     raise InvalidResponse(

@@ -23,6 +23,7 @@ import trio
 
 from rangefs.errors import InvalidResponse, RemoteUnreachable
 from rangefs.remote.breaker import Admission, HostBreaker
+from rangefs.remote.headers import parse_digits
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _EXPIRED_TARGET = frozenset({401, 403, 404, 410})
 # No connection could be made: what trips the HostBreaker (ConnectError covers refused and DNS failures).
 _CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)
+# An unread body at most this long is read to its end rather than discarding its connection (an error page,
+# a redirect's body): cheaper than a new connection on any path with a round trip of more than ~1 ms.
+_DRAIN_LIMIT = 64 * 1024
 # httpcore trace events (named after its loggers) that are only sent over an established connection.
 _CONNECTED_EVENTS = ("http11.", "http2.")
 
@@ -79,7 +83,7 @@ class Sender:
             response = await self._send(url, self._client.build_request(method, target, headers=headers), attempt)
             location = response.headers.get("location")
             if remembered is not None and response.status_code in _EXPIRED_TARGET:
-                await response.aclose()
+                await finish(response)
                 log.info("redirect target of %s answered %d; resolving %s again", url, response.status_code, url)
                 # Concurrent requests can all find the same expired target: whichever comes first forgets it.
                 self._redirected.pop(url, None)
@@ -91,9 +95,9 @@ class Sender:
                 try:
                     yield response
                 finally:
-                    await response.aclose()
+                    await finish(response)
                 return
-            await response.aclose()
+            await finish(response)
             target = target.join(location)
             if method == "GET" and response.status_code == 303:
                 raise InvalidResponse(url, "redirected with 303 See Other, which does not point to the file itself")
@@ -133,6 +137,24 @@ class Sender:
         if attempt.connecting is not None:
             self.breaker.reached(attempt.connecting)
             attempt.connecting = None
+
+
+async def finish(response: httpx.Response) -> None:
+    """Close a response, first reading a small unread body to its end so its connection goes back to the pool.
+
+    A HEAD answer has no body, but httpcore keeps its connection only once h11 has seen the message end: 0.1
+    closed the probe's connection this way, and every first read after a probe paid a new handshake (one
+    round trip, two over TLS) and a cold congestion window."""
+    try:
+        length = parse_digits(response.headers.get("content-length"))
+        small = response.request.method == "HEAD" or (length is not None and length <= _DRAIN_LIMIT)
+        if small and not response.is_stream_consumed:
+            async for _ in response.aiter_raw():
+                pass
+    except httpx.HTTPError:
+        pass  # the connection is lost anyway
+    finally:
+        await response.aclose()
 
 
 def origin_of(url: httpx.URL) -> str:

@@ -1,0 +1,55 @@
+"""RunAssembler: cut the bytes of one range request into its pieces as they arrive, so a reader waiting for
+the first block of an 8 MiB run is answered once that block is in, not when the whole run is (0.1 waited for
+all of it: 400 ms at 20 MiB/s).
+
+Pure bookkeeping over the run's pieces (adjacent, in file order). A piece that one arriving chunk covers is a
+view of that chunk (no copy); one that spans chunks is gathered in a buffer of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rangefs.blocks.flight import Entry
+
+
+class RunAssembler:
+    def __init__(self, run: Sequence[Entry]) -> None:
+        self._run = run
+        self._next = 0  # the piece being assembled
+        self._buffer = bytearray()
+        self.received = 0  # bytes of the run so far
+
+    def __repr__(self) -> str:
+        return f"<RunAssembler piece {self._next}/{len(self._run)}, {self.received} bytes in>"
+
+    @property
+    def done(self) -> bool:
+        return self._next == len(self._run)
+
+    def missing(self) -> list[Entry]:
+        """The pieces not complete yet."""
+        return list(self._run[self._next :])
+
+    def feed(self, chunk: bytes) -> list[tuple[Entry, memoryview]]:
+        """Take the next bytes of the run; returns the pieces they completed. Raises ValueError on more bytes
+        than the run holds (the caller's transport already refuses them; this is the invariant)."""
+        view = memoryview(chunk)
+        self.received += len(view)
+        completed: list[tuple[Entry, memoryview]] = []
+        while view:
+            if self.done:
+                raise ValueError("more bytes than the run asked for")
+            entry = self._run[self._next]
+            need = entry[0].length - len(self._buffer)
+            if not self._buffer and len(view) >= need:
+                data, view = view[:need], view[need:]
+            else:
+                self._buffer += view[:need]
+                view = view[need:]
+                if len(self._buffer) < entry[0].length:
+                    break
+                data, self._buffer = memoryview(self._buffer), bytearray()
+            completed.append((entry, data))
+            self._next += 1
+        return completed
