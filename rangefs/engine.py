@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import trio
 
 from rangefs.blocks import BlockStore
+from rangefs.blocks.store import SMALL_READ_PIECE
 from rangefs.config import Entry
 from rangefs.errors import RemoteChanged, RemoteError
 from rangefs.ranges import ByteRange
@@ -287,8 +288,8 @@ class FileEngine:
             if decision.prefetch is not None:
                 self.prefetcher.submit(opened.version, handle, decision.prefetch)
         try:
-            sparse = decision.random_access and size <= _SPARSE_READ
-            data = await self.store.read(opened.version, offset, size, sparse=sparse)
+            small = decision.random_access and size <= _SPARSE_READ
+            data = await self.store.read(opened.version, offset, size, piece_size=SMALL_READ_PIECE if small else 0)
         except RemoteChanged:
             opened.file.stale = True
             raise

@@ -299,7 +299,7 @@ class _CachedStore:
     def start_fetches(self, source: RangeSource, indices: list[int], *, demand: bool) -> dict[int, object]:
         return {}
 
-    async def read(self, source: RangeSource, offset: int, size: int, *, sparse: bool = False) -> bytes:
+    async def read(self, source: RangeSource, offset: int, size: int, *, piece_size: int = 0) -> bytes:
         return bytes(size)
 
 

@@ -6,10 +6,12 @@ single range request of at most ``max_request_size`` bytes. Fetches run in the s
 reader's task, so a reader that gives up (Ctrl-C, a cancelled FUSE request) does not abort a fetch that other
 readers wait for. A fetch wakes its readers first, then awaits its cache write (writer.py: backpressure).
 
-A small random read (a SQLite page, a zip signature check) asks for ``sparse``: of blocks that are not at hand
-it fetches only the 12 KiB pieces it touches (``SPARSE_PIECE``), cached as pieces of their own: one round
-trip's worth of a connection in slow start, so a 4 KiB read costs one round trip, not the three a 64 KiB chunk
-took (or the twenty of a 1 MiB block at 20 MiB/s).
+A small random read (a SQLite page, a zip signature check) asks for ``piece_size``: of blocks that are not at
+hand it fetches only the pieces of that size it touches, cached as pieces of their own. The engine asks for
+4 KiB pages (``SMALL_READ_PIECE``): a 4 KiB read then costs one round trip, like a bare range request, where
+0.1's 64 KiB chunk cost about 1.5 at 40 ms (slow start carries ~14 KiB in the first round trip, and a pacing
+sender such as BBR spreads even that); format-aware index reads ask for 64 KiB pieces (fewer files, one
+request either way).
 
 A source whose server ignores ranges (``streams_whole``, an explicit state of the source) is read by streams
 of the whole file (stream.py): a miss registers every block of the file that is not at hand (the stream
@@ -43,10 +45,10 @@ log = logging.getLogger(__name__)
 _READ_ATTEMPTS = 3
 
 Run = list[Entry]  # registered pieces, with their Pendings
-# Piece size of small random reads: a new connection (or one idle past its retransmission timeout, which
-# Linux sends from slow start again) carries 10 segments, about 14 KiB, in its first round trip; 12 KiB and
-# the answer's headers fit, 16 KiB would not. Measured at 40 ms RTT in 0.1: 64 KiB chunks cost ~1.5 round trips.
-SPARSE_PIECE = 12 * 1024
+# Piece size of small random reads: the page size, so what is fetched is what was asked for, rounded to pages
+# (measured at 40 ms RTT, 4 KiB preads: 64.5 ms per read with 64 KiB chunks, 54.6 ms with 12 KiB pieces;
+# a bare 4 KiB range request takes 42.5 ms).
+SMALL_READ_PIECE = 4 * 1024
 # Owner of reserved pieces until a fetch takes them (the Pending objects tell reservations apart).
 _RESERVED = object()
 _UNREGISTERED = Pending(owner=None)
@@ -147,32 +149,29 @@ class BlockStore:
         block = block_range(index, self.block_size, source.size)
         return PieceKey(source.object_id, block.start, block.length)
 
-    def _sparse_keys(self, block: PieceKey, lo: int, hi: int) -> list[PieceKey]:
-        """The sparse pieces of ``block`` that hold its bytes ``lo`` to ``hi``."""
-        first, last = lo // SPARSE_PIECE, (hi - 1) // SPARSE_PIECE
-        return [
-            PieceKey(block.object_id, start, min(SPARSE_PIECE, block.stop - start))
-            for start in range(
-                block.start + first * SPARSE_PIECE, block.start + (last + 1) * SPARSE_PIECE, SPARSE_PIECE
-            )
-        ]
+    @staticmethod
+    def _small_keys(block: PieceKey, lo: int, hi: int, piece_size: int) -> list[PieceKey]:
+        """The pieces of ``piece_size`` of ``block`` that hold its bytes ``lo`` to ``hi``."""
+        starts = range(block.start + lo // piece_size * piece_size, block.start + hi, piece_size)
+        return [PieceKey(block.object_id, start, min(piece_size, block.stop - start)) for start in starts]
 
     # Reading ---------------------------------------------------------------------------------------------
 
-    async def read(self, source: RangeSource, offset: int, size: int, *, sparse: bool = False) -> bytes:
+    async def read(self, source: RangeSource, offset: int, size: int, *, piece_size: int = 0) -> bytes:
         """The bytes of ``source`` at ``offset``: ``size`` of them, fewer only at end of file.
 
-        ``sparse``: a random read; fetch only the chunks it touches of blocks that are not at hand."""
+        ``piece_size``: a small random read; of blocks that are not at hand fetch only the pieces of this size
+        it touches (0: whole blocks)."""
         for attempt in range(_READ_ATTEMPTS):
             try:
-                return await self._read_once(source, offset, size, sparse=sparse)
+                return await self._read_once(source, offset, size, piece_size=piece_size)
             except FetchAborted:
                 # A prefetch this read had joined was cancelled (its stream was abandoned): fetch it ourselves.
                 if attempt == _READ_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
-    async def _read_once(self, source: RangeSource, offset: int, size: int, *, sparse: bool) -> bytes:
+    async def _read_once(self, source: RangeSource, offset: int, size: int, *, piece_size: int) -> bytes:
         wanted = clamp_read(offset, size, source.size)
         parts: list[bytes | tuple[Pending, int, int]] = []
         missing: Run = []
@@ -185,8 +184,8 @@ class BlockStore:
                 found = self._lookup(block, lo, hi)
                 if found is not None:
                     parts.append(found)
-                elif sparse and not source.streams_whole:
-                    for chunk in self._sparse_keys(block, lo, hi):
+                elif piece_size and not source.streams_whole:
+                    for chunk in self._small_keys(block, lo, hi, piece_size):
                         c_lo = max(block.start + lo, chunk.start) - chunk.start
                         c_hi = min(block.start + hi, chunk.stop) - chunk.start
                         piece = self._lookup(chunk, c_lo, c_hi)

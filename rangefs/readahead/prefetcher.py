@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 StreamKey = tuple[int, int]  # (open handle, stream id)
 # Prefetches of format indexes belong to no open handle: closing the file does not cancel them.
 _INDEX_KEY: StreamKey = (0, 0)
-# Index reads and prefetches up to this size fetch only the small pieces they cover (one request each).
+# Index reads and prefetches up to this size fetch only the pieces of _INDEX_PIECE they cover (one request each).
+_INDEX_PIECE = 64 * 1024
 _SMALL_INDEX = 256 * 1024
 
 
@@ -88,7 +89,8 @@ class Prefetcher:
                 await trio.lowlevel.checkpoint()
                 # Box headers are a few bytes: fetch their chunk, not a whole block.
                 small = need.length <= _SMALL_INDEX
-                planner.feed(need.start, await self.store.read(source, need.start, need.length, sparse=small))
+                piece_size = _INDEX_PIECE if small else 0
+                planner.feed(need.start, await self.store.read(source, need.start, need.length, piece_size=piece_size))
         except RangefsError as error:
             log.debug("format-aware prefetch of %s stopped: %s", source.describe().get("url"), error)
             return
@@ -106,7 +108,7 @@ class Prefetcher:
     async def _fetch_small_index(self, source: RangeSource, wanted: ByteRange) -> None:
         """A small index (a typical moov box) as the chunks it occupies rather than whole blocks."""
         try:
-            await self.store.read(source, wanted.start, wanted.length, sparse=True)
+            await self.store.read(source, wanted.start, wanted.length, piece_size=_INDEX_PIECE)
         except RangefsError as error:
             log.debug("prefetch of the index of %s failed: %s", source.describe().get("url"), error)
         except Exception:  # a service task: a bug costs this prefetch, not the mount
