@@ -1,0 +1,1 @@
+"""rangefs get (placeholder until the module lands)."""
