@@ -79,25 +79,6 @@ def test_tarfile_lists_and_extracts(session: rangefs.Session, origin: Origin, tm
             assert (tmp_path / "out" / member.name).read_bytes() == extracted.read()
 
 
-def _parquet() -> tuple[bytes, int]:
-    """A Parquet file of four incompressible 4 MiB columns in one row group; the size of column c's chunk."""
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
-    rng = random.Random(5)
-    rows = 512 * 1024
-    table = pa.table({name: pa.array([rng.getrandbits(63) for _ in range(rows)], pa.int64()) for name in "abcd"})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, row_group_size=rows, use_dictionary=False, compression="none")
-    data = buffer.getvalue()
-    chunk = pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0).column(2).total_compressed_size
-    return data, chunk
-
-
-@pytest.fixture(scope="module")
-def parquet() -> tuple[bytes, int]:
-    return _parquet()
-
-
 def test_pyarrow_reads_one_column_for_the_footer_and_its_chunk(
     session: rangefs.Session, origin: Origin, parquet: tuple[bytes, int]
 ) -> None:

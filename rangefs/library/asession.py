@@ -116,13 +116,10 @@ class AsyncSession:
         return self._indices[key]
 
     async def metadata(self, url: str, headers: HeadersArg = None) -> RemoteMetadata:
-        """Size and version of ``url`` as last probed (at most ``metadata_ttl`` old); OSError if it failed."""
-        index = await self.file_index(url, headers)
-        with translated():
-            file = await self.engine.metadata(index)
-            if file.failure is not None:
-                raise file.failure
-        assert file.metadata is not None
+        """Size and version of ``url`` as an open would find them (revalidated when what is known is older
+        than ``revalidate_after``, 1 s by default: one HEAD at most); OSError if that fails."""
+        file = await self.open(url, headers=headers)
+        file.close_nowait()
         return file.metadata
 
     async def open(self, url: str, *, headers: HeadersArg = None) -> AsyncRemoteFile:

@@ -33,6 +33,8 @@ def settings_from(
     max_readahead: Size | None = None,
     max_inflight: Size | None = None,
     timeout: float | None = None,
+    metadata_ttl: float | None = None,
+    revalidate_after: float | None = None,
     format_prefetch: bool | None = None,
     ca_bundle: str | Path | None = None,
     http2: bool | None = None,
@@ -52,6 +54,8 @@ def settings_from(
     for name, value in (
         ("connections", connections),
         ("timeout", timeout),
+        ("metadata_ttl", metadata_ttl),
+        ("revalidate_after", revalidate_after),
         ("format_prefetch", format_prefetch),
         ("http2", http2),
     ):
