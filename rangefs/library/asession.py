@@ -99,7 +99,13 @@ class AsyncSession:
 
     async def file_index(self, url: str, headers: HeadersArg = None) -> int:
         """The engine's index of the file at ``url``, adding (and probing) it on first use."""
+        index, _ = await self._file_index(url, headers)
+        return index
+
+    async def _file_index(self, url: str, headers: HeadersArg) -> tuple[int, bool]:
+        """The index, and whether this call added the file (and so has just probed it)."""
         key = (check_url(url), headers_from(headers))
+        added = False
         while key not in self._indices:
             adding = self._adding.get(key)
             if adding is not None:
@@ -110,10 +116,11 @@ class AsyncSession:
                 name, _ = name_from_url(url)  # the name decides the format-aware prefetch
                 entry = Entry(name or PurePosixPath("file"), url, 0, key[1])
                 self._indices[key] = await self.engine.add(entry)
+                added = True
             finally:
                 del self._adding[key]
                 done.set()
-        return self._indices[key]
+        return self._indices[key], added
 
     async def metadata(self, url: str, headers: HeadersArg = None) -> RemoteMetadata:
         """Size and version of ``url`` as an open would find them (revalidated when what is known is older
@@ -124,8 +131,11 @@ class AsyncSession:
 
     async def open(self, url: str, *, headers: HeadersArg = None) -> AsyncRemoteFile:
         """Open ``url`` for reading (revalidated as a mount's open is); close it with ``aclose``."""
-        index = await self.file_index(url, headers)
+        index, added = await self._file_index(url, headers)
         with translated():
+            failure = self.engine.files[index].failure
+            if added and failure is not None:
+                raise failure  # probed this very moment: the open would only probe again
             handle = await self.engine.open(index)
         metadata = self.engine.files[index].metadata
         assert metadata is not None
