@@ -28,9 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from benchlib import origin as nginx  # noqa: E402
+
 from tests import media  # noqa: E402
 
 MiB = 1024 * 1024
+HS = shutil.which("hs") or str(Path(sys.executable).parent / "hs")  # HydraStream, in the venv
 PYTHON_ROWS = {
     "zip": ["rangefs.open", "remotezip", "fsspec http", "fsspec http + blockcache"],
     "parquet": ["rangefs.open", "fsspec rangefs", "fsspec http"],
@@ -87,13 +89,20 @@ def python_row(kind: str, tool: str, url: str, scratch: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_measured(argv: list[str], *, stdout: int | None = None) -> tuple[float, int, int]:
-    """Run a command; its wall seconds, peak RSS in KiB (wait4) and exit code."""
+def run_measured(command: str) -> tuple[float, int, int]:
+    """Run a shell command; its wall seconds, the largest peak RSS (KiB) of its processes, and exit code.
+
+    The peak comes from GNU time around each process of the pipeline: wait4 on the shell would report at
+    least this benchmark's own size, which a forked child inherits as its starting peak."""
     started = time.perf_counter()
-    child = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - started, usage.ru_maxrss, child.returncode
+    report = Path(tempfile.mktemp(prefix="rss-"))
+    timed = " | ".join(f"/usr/bin/time -a -o {report} -f %M {part.strip()}" for part in command.split(" | "))
+    result = subprocess.run(["bash", "-c", f"set -o pipefail; {timed}"], stdin=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, check=False)  # fmt: skip
+    seconds = time.perf_counter() - started
+    peaks = [int(line) for line in report.read_text().split() if line.isdigit()] if report.exists() else [0]
+    report.unlink(missing_ok=True)
+    return seconds, max(peaks), result.returncode
 
 
 def download_rows(url: str, scratch: Path, size: int) -> list[tuple[str, str]]:
@@ -105,8 +114,8 @@ def download_rows(url: str, scratch: Path, size: int) -> list[tuple[str, str]]:
         ("rangefs get - | sha256sum", " ".join([*rangefs, str(scratch / "c3"), url, "-"]) + " | sha256sum"),
         ("aria2c -x8 -s8", f"aria2c -q -x8 -s8 -k1M --allow-overwrite=true -d {out} -o a {url}"),
         ("curl", f"curl -sS -o {out / 'c'} {url}"),
-        ("hs -t 8", f"hs -t 8 -q -o {out / 'hs'} {url}"),
-        ("hs -t 8 --stream > /dev/null", f"hs -t 8 -q --stream {url} >/dev/null"),
+        ("hs -t 8", f"{HS} -t 8 -q -o {out / 'hs'} {url}"),
+        ("hs -t 8 --stream > /dev/null", f"{HS} -t 8 -q --stream {url} >/dev/null"),
     ]
 
 
@@ -133,7 +142,7 @@ def measure_downloads(base_url: str, access: nginx.AccessLog, scratch: Path, siz
     for tool, command in download_rows(url, scratch, size):
         (scratch / "out").mkdir(exist_ok=True)
         mark = access.mark()
-        seconds, rss_kib, code = run_measured(["bash", "-c", f"set -o pipefail; {command}"])
+        seconds, rss_kib, code = run_measured(command)
         traffic = access.traffic_since(mark, "/big.bin")
         rows.append({"what": "get", "tool": tool, "seconds": seconds, "requests": traffic.requests,
                      "bytes": traffic.body_bytes, "connections": traffic.connections, "rss_kib": rss_kib,
@@ -146,7 +155,10 @@ def measure_downloads(base_url: str, access: nginx.AccessLog, scratch: Path, siz
 
 
 def table(rows: list[dict[str, object]], size: int) -> str:
-    lines = ["| what | tool | seconds | requests | bytes from nginx | MiB/s | peak RSS |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| what | tool | seconds | requests | bytes from nginx | MiB/s | peak RSS |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         seconds = row["seconds"]
         shown = f"{seconds:.2f}" if isinstance(seconds, float) else f"failed: {row.get('error', '')[:60]}"

@@ -40,10 +40,12 @@ class GetJob:
 
 
 def settings_for_get(settings: MountSettings) -> MountSettings:
-    """The mount's settings, with a memory tier sized for one pass: get reads every block once, in order, so
-    keeping blocks in memory after it has written them helps nobody (the readahead window of a mount, 64 MiB,
-    makes the memory tier hold 128 MiB)."""
-    return dataclasses.replace(settings, max_readahead=2 * settings.prefetch_part_size)
+    """The mount's settings, with the memory tier (twice ``max_readahead``, stack.py) sized to the transfer's
+    window plus the parts waiting to be written: parts arrive ahead of the reader and wait there, and a part
+    evicted before it was read and while its cache write is still queued would be fetched again (measured:
+    8 % of a 512 MiB download with a 32 MiB tier). Blocks already written are not kept for long after."""
+    window = TransferPlan.for_connections(settings.connections, settings.prefetch_part_size).window
+    return dataclasses.replace(settings, max_readahead=(window + 2 * settings.prefetch_part_size) // 2)
 
 
 async def get_all(jobs: Sequence[GetJob], settings: MountSettings, *, parallel: int, reporter: Reporter) -> None:
