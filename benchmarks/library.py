@@ -129,8 +129,9 @@ def measure_python(base_url: str, access: nginx.AccessLog, scratch: Path) -> lis
             result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
             traffic = access.traffic_since(mark, uri)
             seconds = json.loads(result.stdout)["seconds"] if result.returncode == 0 else None
+            error = result.stderr[-300:] if seconds is None else ""
             rows.append({"what": kind, "tool": tool, "seconds": seconds, "requests": traffic.requests,
-                         "bytes": traffic.body_bytes, "error": result.stderr[-300:] if seconds is None else ""})  # fmt: skip
+                         "bytes": traffic.body_bytes, "error": error})  # fmt: skip
             shutil.rmtree(work, ignore_errors=True)
             print(rows[-1], file=sys.stderr)
     return rows
