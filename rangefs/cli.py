@@ -1,6 +1,7 @@
 """Command line: argument parsing, logging set-up, exit codes and running a mount in the background.
 
-Exit codes: 0 success, 1 an error the message explains, 2 bad usage or a bad urls file.
+Exit codes: 0 success, 1 an error the message explains, 2 bad usage or a bad urls file. ``get`` is in
+download/command.py.
 A background mount re-runs this program as ``mount --foreground --ready-fd N`` in a new session; the parent
 returns only once the child reports the mount live (exit 0) or reports why it could not mount (exit 1).
 """
@@ -26,6 +27,7 @@ from rangefs import __version__
 from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings, default_cache_dir, parse_size, read_urls_file
 from rangefs.config.settings import default_log_file
+from rangefs.download import command as download_command
 from rangefs.errors import MountError, UsageError
 
 log = logging.getLogger("rangefs")
@@ -114,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     for action in (info, clear, prune):
         action.add_argument("--cache-dir", type=Path, help=f"cache directory (default: {default_cache_dir()})")
 
+    get = commands.add_parser("get", help="download URLs with parallel connections, to files or stdout")
+    download_command.add_arguments(get)
+    _add_logging_options(get)
+
     umount = commands.add_parser("umount", help="unmount a rangefs mount")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     umount.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
@@ -137,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _stats(args)
         if args.command == "cache":
             return _cache(args)
+        if args.command == "get":
+            if not args.log_level and not args.verbose:
+                args.log_level = "error"  # each failure is reported once, as one line, at the end
+            _setup_logging(args, args.log_file)
+            return download_command.run(args)
         return _umount(args)
     except (UsageError, BaseExceptionGroup) as raised:
         error = _sole_exception(raised)

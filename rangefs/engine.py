@@ -37,9 +37,10 @@ from rangefs.blocks import BlockStore
 from rangefs.blocks.store import SMALL_READ_PIECE
 from rangefs.config import Entry
 from rangefs.errors import RemoteChanged, RemoteError
-from rangefs.ranges import ByteRange
+from rangefs.ranges import ByteRange, clamp_read
 from rangefs.readahead import AccessPattern, ReadaheadConfig
 from rangefs.readahead.formats import planner_for
+from rangefs.readahead.pattern import Prefetch
 from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient, RemoteMetadata
 from rangefs.remote.retry import is_transient
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 # (a SQLite page, a zip header) instead of whole blocks. Larger ones (a video player after a seek) are likely
 # to go on reading, and get whole blocks.
 _SPARSE_READ = 32 * 1024
+# Stream id of explicit prefetches (``FileEngine.prefetch``): the access pattern's ids start at 1, so its
+# decisions to drop streams never cancel these; releasing the handle does.
+_EXPLICIT_STREAM = 0
 
 
 class RemoteVersion:
@@ -158,17 +162,28 @@ class FileEngine:
 
     async def run_probes(self) -> None:
         """Give every file its metadata: from a fresh stored probe result, else by probing (concurrently)."""
-        self._load_stored_probes()
+        self._load_stored_probes(self.files)
         async with trio.open_nursery() as nursery:
             for file in self.files:
                 if file._probed.is_set():
                     continue
                 nursery.start_soon(self._probe, file)
 
-    def _load_stored_probes(self) -> None:
-        records = self.store.cache.get_records([file.record_key for file in self.files])
+    async def add(self, entry: Entry) -> int:
+        """Serve one more file (a URL given at run time, not in the urls file) and give it its metadata as
+        ``run_probes`` would; returns its index for ``open``. A failed probe is kept, as for any file: the open
+        probes again and fails with it."""
+        file = RemoteFile(entry, len(self.files))
+        self.files.append(file)
+        self._load_stored_probes([file])
+        if not file._probed.is_set():
+            await self._probe(file)
+        return file.index
+
+    def _load_stored_probes(self, files: Sequence[RemoteFile]) -> None:
+        records = self.store.cache.get_records([file.record_key for file in files])
         now = time.time()
-        for file in self.files:
+        for file in files:
             record = records.get(file.record_key)
             if record is None:
                 continue
@@ -298,6 +313,14 @@ class FileEngine:
         if current is not None and not current.same_version(opened.version.metadata):
             raise RemoteChanged(opened.file.url, "the file changed at the origin since it was opened")
         return data
+
+    def prefetch(self, handle: int, offset: int, size: int) -> None:
+        """Fetch up to ``size`` bytes at ``offset`` of the handle's version in the background, within the
+        readahead's budget and connections; cancelled when the handle is released. Never waits."""
+        opened = self._handles[handle]
+        wanted = clamp_read(offset, size, opened.version.size)
+        if self.prefetcher is not None and wanted.length:
+            self.prefetcher.submit(opened.version, handle, Prefetch(_EXPLICIT_STREAM, wanted.start, wanted.stop))
 
     def _plan_index(self, file: RemoteFile, version: RemoteVersion) -> None:
         """On the first open of a version, prefetch the index its format's readers start with."""

@@ -5,7 +5,8 @@
     │                         mount is stopping); the reader fetches for itself
     ├── UsageError            the user asked for something impossible (exit code 2 or 1, one line)
     │   ├── ConfigError       urls.txt problems, each as FILE:LINE: message
-    │   └── MountError        mountpoint missing/busy/not empty, FUSE unavailable
+    │   ├── MountError        mountpoint missing/busy/not empty, FUSE unavailable
+    │   └── DownloadError     `rangefs get` cannot use or write its output, or the digest differs
     └── RemoteError           a remote file could not be read; always names the URL
         ├── RemoteUnreachable connection refused/reset, DNS failure, timeout
         ├── RemoteStatusError the server answered with an unexpected status (404, 500, ...)
@@ -45,6 +46,10 @@ class ConfigError(UsageError):
 
 class MountError(UsageError):
     """The filesystem cannot be mounted where or how the user asked."""
+
+
+class DownloadError(UsageError):
+    """``rangefs get`` cannot use or write an output, or what it downloaded has another digest."""
 
 
 class RemoteError(RangefsError):

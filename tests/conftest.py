@@ -23,6 +23,15 @@ def _fuse_skip_reason() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session")
+def parquet() -> tuple[bytes, int]:
+    """A 16 MiB Parquet file of four 4 MiB columns, and the size of column c's chunk (needs pyarrow)."""
+    pytest.importorskip("pyarrow")
+    from tests import media
+
+    return media.make_parquet()
+
+
 @pytest.fixture
 def origin() -> Iterator[Origin]:
     with Origin().running() as running:

@@ -67,3 +67,18 @@ def make_tar(members: int, member_size: int) -> bytes:
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def make_parquet(columns: str = "abcd", rows: int = 512 * 1024) -> tuple[bytes, int]:
+    """A Parquet file of incompressible int64 columns (4 MiB each by default) in one row group, and the size of
+    the chunk of its third column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(5)
+    table = pa.table({name: pa.array([rng.getrandbits(63) for _ in range(rows)], pa.int64()) for name in columns})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=rows, use_dictionary=False, compression="none")
+    data = buffer.getvalue()
+    chunk = pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0).column(2).total_compressed_size
+    return data, int(chunk)

@@ -10,6 +10,7 @@ from rangefs.blocks import BlockStore
 from rangefs.cache import BlockCache
 from rangefs.config import Entry
 from rangefs.engine import FileEngine
+from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient
 from tests.origin import Origin, pattern_bytes
 
@@ -46,3 +47,31 @@ def test_engine_reads_without_fuse(origin: Origin, tmp_path: Path) -> None:
     # as part of block 0 by the concurrent 1 MiB read).
     assert stats.blocks_joined > 0  # type: ignore[attr-defined]
     assert origin.bytes_sent_for("/engine.bin") <= len(data) + 2 * 64 * 1024
+
+
+async def _add_at_run_time(origin: Origin, cache_dir: Path) -> None:
+    data = pattern_bytes(4 * MiB, seed=3)
+    url = origin.add("/later.bin", data)
+    async with RemoteClient() as client, trio.open_nursery() as nursery:
+        store = BlockStore(BlockCache(cache_dir), block_size=MiB, max_request_size=8 * MiB, nursery=nursery)
+        prefetcher = Prefetcher(store, max_inflight_bytes=64 * MiB, part_size=2 * MiB, nursery=nursery)
+        engine = FileEngine([], client, store, prefetcher=prefetcher)
+        await engine.run_probes()  # nothing to probe: the engine starts empty
+        index = await engine.add(Entry(PurePosixPath("later.bin"), url, 0))
+        assert (await engine.metadata(index)).metadata.size == len(data)  # type: ignore[union-attr]
+        missing = await engine.add(Entry(PurePosixPath("missing.bin"), origin.url("/missing.bin"), 0))
+        assert (await engine.metadata(missing)).failure is not None
+        handle = await engine.open(index)
+        engine.prefetch(handle, MiB, 2 * MiB)  # in the background: returns at once
+        with trio.fail_after(10):
+            while store.statistics().blocks_fetched < 2:
+                await trio.sleep(0.01)
+        origin.clear_log()
+        assert await engine.read(handle, MiB, 2 * MiB) == data[MiB : 3 * MiB]
+        assert origin.requests_for("/later.bin") == []  # served from what the prefetch brought
+        engine.release(handle)
+        nursery.cancel_scope.cancel()
+
+
+def test_engine_adds_files_at_run_time_and_prefetches_on_request(origin: Origin, tmp_path: Path) -> None:
+    trio.run(_add_at_run_time, origin, tmp_path)

@@ -25,7 +25,7 @@ from rangefs.errors import ConfigError
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Headers rangefs sets itself on every request; letting a user override them would break the range protocol.
-_RESERVED_HEADERS = frozenset({"range", "if-range", "accept-encoding", "host", "content-length"})
+RESERVED_HEADERS = frozenset({"range", "if-range", "accept-encoding", "host", "content-length"})
 _MAX_NAME_BYTES = 255
 
 
@@ -107,19 +107,20 @@ def _parse_entry(line: str, number: int) -> tuple[_Draft | None, str | None]:
     if len(fields) > 2:
         return None, "expected 'URL' or 'PATH URL' (spaces in URLs must be written as %20)"
     url = fields[-1]
-    problem = _url_problem(url)
+    problem = url_problem(url)
     if problem:
         return None, problem
     if len(fields) == 2:
         path, problem = _safe_path(fields[0])
     else:
-        path, problem = _name_from_url(url)
+        path, problem = name_from_url(url)
     if problem or path is None:
         return None, problem
     return _Draft(path, url, number), None
 
 
-def _url_problem(url: str) -> str | None:
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be read by rangefs (not http(s), no host, a bad port), or None."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -132,7 +133,8 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def _name_from_url(url: str) -> tuple[PurePosixPath | None, str | None]:
+def name_from_url(url: str) -> tuple[PurePosixPath | None, str | None]:
+    """The file name a bare URL gets (its last path segment, percent-decoded, made safe), or the problem."""
     segment = unquote(urlsplit(url).path.rstrip("/").rpartition("/")[2])
     name = segment.replace("/", "_").replace("\0", "_").strip()
     if name in ("", ".", ".."):
@@ -166,7 +168,7 @@ def _apply_option(draft: _Draft, text: str, environ: Mapping[str, str]) -> str |
         name, header_value = name.strip(), header_value.strip()
         if not colon or not _HEADER_NAME.match(name):
             return f"expected 'header = Name: value', got {text!r}"
-        if name.lower() in _RESERVED_HEADERS:
+        if name.lower() in RESERVED_HEADERS:
             return f"header {name!r} is set by rangefs itself and cannot be configured"
         if "\r" in header_value or "\n" in header_value:
             return f"header {name!r} value contains a line break"

@@ -1,0 +1,128 @@
+"""The arguments of ``rangefs get`` and what they become: jobs (URL, output), settings, the progress reporter.
+
+    rangefs get URL... [-o DIR | -o FILE | -o - | -]
+
+Without ``-o`` files go to the current directory, named after their URLs as in a mount. ``-`` (or ``-o -``)
+writes every URL to stdout, one after another, in order. Every problem is one line on stderr,
+``rangefs get: WHAT: WHY``; the exit code is 1 if any URL failed (the others are still downloaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from rangefs.config import default_cache_dir, name_from_url, parse_size
+from rangefs.download import GetJob, get_all, settings_for_get
+from rangefs.download.output import Digest, FileSink, StreamSink
+from rangefs.download.progress import BarProgress, NoProgress, Reporter
+from rangefs.errors import UsageError
+from rangefs.library.options import check_url, headers_from, settings_from
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("urls", nargs="+", metavar="URL", help="what to download; a last '-' means stdout")
+    parser.add_argument("-o", "--output", metavar="DIR|FILE|-", help="a directory, a file (one URL) or - for stdout")
+    parser.add_argument("-j", "--jobs", type=int, default=4, help="files downloaded at once (default: 4)")
+    parser.add_argument(
+        "--connections", type=int, default=8, help="parallel connections per host, each fetching parts (default: 8)"
+    )
+    parser.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the (one) file; a mismatch fails")
+    parser.add_argument("--md5", metavar="HEX", help="expected MD5 of the (one) file; a mismatch fails")
+    parser.add_argument("-f", "--force", action="store_true", help="replace output files that exist")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="request header")
+    parser.add_argument("--cache-dir", type=Path, help=f"block cache directory (default: {default_cache_dir()})")
+    parser.add_argument("--cache-size", default="10G", help="limit of the cache directory; 0 for none (default: 10G)")
+    parser.add_argument("--block-size", default="1M", help="cache block size, as for mounts (default: 1M)")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds one part may take, retries included (default: 60)"
+    )
+    parser.add_argument("--ca-bundle", type=Path, help="verify TLS servers against this CA bundle (PEM)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Download what ``args`` say; 0 if every URL succeeded, else 1 (each failure reported on stderr)."""
+    jobs = _jobs(args)
+    if args.jobs < 1:
+        raise UsageError("-j must be at least 1")
+    try:
+        settings = settings_from(
+            cache_dir=args.cache_dir,
+            cache_size=parse_size(args.cache_size),
+            block_size=parse_size(args.block_size),
+            connections=args.connections,
+            timeout=args.timeout,
+            ca_bundle=args.ca_bundle,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    reporter: Reporter = NoProgress() if args.quiet or not sys.stderr.isatty() else BarProgress(len(jobs))
+    reporter.start()
+    try:
+        trio.run(partial(get_all, jobs, settings_for_get(settings), parallel=args.jobs, reporter=reporter))
+    finally:
+        reporter.stop()
+    for job in jobs:
+        if job.error:
+            print(f"rangefs get: {job.error}", file=sys.stderr)
+    return 1 if any(job.error for job in jobs) else 0
+
+
+def _jobs(args: argparse.Namespace) -> list[GetJob]:
+    urls: list[str] = list(args.urls)
+    output: str | None = args.output
+    if urls[-1] == "-":
+        if output is not None and output != "-":
+            raise UsageError("give either '-' or -o, not both")
+        urls, output = urls[:-1], "-"
+    if not urls:
+        raise UsageError("no URL given")
+    for url in urls:
+        try:
+            check_url(url)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    try:
+        headers = headers_from([_header(text) for text in args.header])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    digests = [Digest(name, value) for name, value in (("sha256", args.sha256), ("md5", args.md5)) if value]
+    if len(digests) > 1:
+        raise UsageError("give --sha256 or --md5, not both")
+    if digests and len(urls) > 1:
+        raise UsageError("--sha256/--md5 check one file: give one URL")
+    digest = digests[0] if digests else None
+    if output == "-":
+        sink = StreamSink(sys.stdout.fileno(), digest=digest)
+        return [GetJob(url, sink, headers) for url in urls]
+    directory: Path | None = Path(output) if output is not None and Path(output).is_dir() else None
+    if output is None:
+        directory = Path.cwd()
+    if directory is None and len(urls) > 1:
+        raise UsageError(f"{output} is not a directory (several URLs need one)")
+    jobs = []
+    for url in urls:
+        if directory is None:
+            path = Path(str(output))
+        else:
+            name, problem = name_from_url(url)
+            if name is None:
+                raise UsageError(f"{problem or url}; use -o FILE")
+            path = directory / name.name
+        jobs.append(GetJob(url, FileSink(path.absolute(), force=args.force, digest=digest), headers))
+    paths = [job.sink.name for job in jobs]
+    if len(set(paths)) != len(paths):
+        raise UsageError("two URLs would be saved under the same name; download them one at a time with -o FILE")
+    return jobs
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise UsageError(f"expected -H 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
