@@ -21,6 +21,9 @@ from rangefs.readahead import ReadaheadConfig
 from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient
 
+# Seconds a closing engine waits for fetches under way and their cache writes (a demand read, a stream).
+_SETTLE_TIMEOUT = 3.0
+
 
 def client_for(settings: MountSettings) -> RemoteClient:
     return RemoteClient(
@@ -72,4 +75,9 @@ async def running_engine(
         try:
             yield engine
         finally:
+            # What was fetched but is still on its way to the disk is what the next mount, session or
+            # `rangefs get` on this cache would fetch again: readahead stops, the rest gets a moment.
+            prefetcher.cancel_all()
+            with trio.move_on_after(_SETTLE_TIMEOUT):
+                await store.wait_idle()
             nursery.cancel_scope.cancel()

@@ -23,8 +23,8 @@ ranges hands its pieces to such a stream instead of failing its readers.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -133,6 +133,9 @@ class BlockStore:
         self.memory = MemoryTier(hot_bytes)
         self.writer = CacheWriter(cache)
         self._streams: dict[str, list[WholeFileStream]] = {}
+        self._busy = 0  # fetch runs and streams under way, their cache writes included
+        self._idle = trio.Event()
+        self._idle.set()
         self.stats = StoreStatistics()
 
     def __repr__(self) -> str:
@@ -299,10 +302,29 @@ class BlockStore:
         to the cache one by one; on an error the rest fail (or go to a stream if the server ignores ranges)."""
         wanted = ByteRange(run[0][0].start, run[-1][0].stop)
         send, receive = trio.open_memory_channel[list[tuple[PieceKey, memoryview]]](len(run))
-        async with trio.open_nursery() as writes:
-            writes.start_soon(self._write_pieces, receive, source.describe(), not demand)
-            with send:
-                await self._receive_run(source, run, owner, wanted, demand, send)
+        with self._working():
+            async with trio.open_nursery() as writes:
+                writes.start_soon(self._write_pieces, receive, source.describe(), not demand)
+                with send:
+                    await self._receive_run(source, run, owner, wanted, demand, send)
+
+    @contextmanager
+    def _working(self) -> Iterator[None]:
+        self._busy += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no fetch or stream is under way and every piece they brought has been written (or
+        skipped): what a caller about to close waits for, so another process finds the bytes on disk."""
+        while self._busy:
+            await self._idle.wait()
 
     async def _receive_run(  # noqa: PLR0917
         self,
@@ -393,20 +415,8 @@ class BlockStore:
         error: BaseException = FetchAborted("stream of the whole file was cancelled")
         self.stats.requests += 1
         try:
-            async with source.stream() as chunks, _closing(chunks):
-                async for chunk in chunks:
-                    self.stats.bytes_fetched += len(chunk)
-                    completed = stream.feed(chunk)
-                    if completed:
-                        self._deliver([(self._entry(key), data) for key, data in completed], stream)
-                        # The stream is read ahead for everyone: let it wait for the disk, like a prefetch.
-                        await self.writer.write(completed, source.describe(), wait=True)
-                    if not stream.waiting:
-                        break
-            if stream.waiting:
-                raise InvalidResponse(
-                    url, f"stream ended after {stream.position} of {source.size} bytes", transient=True
-                )
+            with self._working():
+                await self._stream_into(source, stream, url)
         except StreamOverrun as overrun:
             error = InvalidResponse(url, str(overrun))
             self.stats.fetch_errors += 1
@@ -423,6 +433,20 @@ class BlockStore:
             if not streams:
                 self._streams.pop(source.object_id, None)
             self.in_flight.fail([self._entry(key) for key in stream.waiting], error, stream)
+
+    async def _stream_into(self, source: RangeSource, stream: WholeFileStream, url: str) -> None:
+        async with source.stream() as chunks, _closing(chunks):
+            async for chunk in chunks:
+                self.stats.bytes_fetched += len(chunk)
+                completed = stream.feed(chunk)
+                if completed:
+                    self._deliver([(self._entry(key), data) for key, data in completed], stream)
+                    # The stream is read ahead for everyone: let it wait for the disk, like a prefetch.
+                    await self.writer.write(completed, source.describe(), wait=True)
+                if not stream.waiting:
+                    break
+        if stream.waiting:
+            raise InvalidResponse(url, f"stream ended after {stream.position} of {source.size} bytes", transient=True)
 
     def _entry(self, key: PieceKey) -> Entry:
         """A registered piece with its Pending (a stand-in nobody owns if it is no longer registered)."""

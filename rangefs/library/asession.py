@@ -33,10 +33,6 @@ from rangefs.remote import RemoteMetadata
 
 log = logging.getLogger(__name__)
 
-# Seconds a closing session waits for fetched bytes to reach the disk cache (32 MiB at most are waiting:
-# blocks/writer.py; a disk takes that in well under a second).
-_FLUSH_TIMEOUT = 5.0
-
 
 class AsyncSession:
     """One engine, connection pool and disk cache for every file opened through it (``async with``).
@@ -88,14 +84,8 @@ class AsyncSession:
         """Close every file and stop the engine (its fetches are cancelled) and the cache."""
         for file in list(self._files):
             file.close_nowait()
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            # Bytes fetched but still on their way to the disk cache are what a later session, mount or
-            # ``rangefs get`` would otherwise fetch again: give their writes a moment before cancelling.
-            with trio.move_on_after(_FLUSH_TIMEOUT):
-                while engine.store.statistics().bytes_waiting_for_disk:  # noqa: ASYNC110 - no event for it
-                    await trio.sleep(0.01)
-        await self._exit.aclose()
+        self._engine = None
+        await self._exit.aclose()  # the engine stack lets fetched bytes reach the disk first (stack.py)
 
     async def file_index(self, url: str, headers: HeadersArg = None) -> int:
         """The engine's index of the file at ``url``, adding (and probing) it on first use."""

@@ -122,6 +122,11 @@ class Prefetcher:
                 scope.cancel()
                 self.stats.parts_cancelled += 1
 
+    def cancel_all(self) -> None:
+        """Cancel every part in flight (the mount or session is closing)."""
+        for handle in {key[0] for key in self._scopes}:
+            self.cancel(handle)
+
     async def _fetch_part(self, source: RangeSource, key: StreamKey, part: Run) -> None:
         """Fetch one part; its budget is held until its blocks are written to the cache (backpressure)."""
         size = sum(piece.length for piece, _ in part)
