@@ -71,10 +71,10 @@ def log(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def environment(work: Path, dropped: bool) -> dict[str, str]:
+def environment(work: Path, dropped: bool, source: Path | None) -> dict[str, str]:
     return {
         "Machine": f"{os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}",
-        "rangefs source": rangefs_source(),
+        "rangefs source": rangefs_source(source),
         "Load average at start": load_report(work),
         "Work directory filesystem": _filesystem_of(work),
         "Page cache dropped before cold reads": "yes" if dropped else "NO (not root): cold numbers are not cold",
@@ -83,12 +83,13 @@ def environment(work: Path, dropped: bool) -> dict[str, str]:
     }
 
 
-def rangefs_source() -> str:
-    """The commit of the rangefs that runs (the venv's, wherever it is installed from), and whether its source
-    had uncommitted changes."""
-    # Asked of a fresh interpreter: this one has the benchmark's repository root on sys.path, which may be a
-    # different checkout (a worktree) from the one the venv's rangefs command imports.
-    where = procs.run([sys.executable, "-c", "import rangefs; print(rangefs.__file__)"], timeout=30, cwd="/")
+def rangefs_source(source: Path | None) -> str:
+    """The commit of the rangefs that runs (``source`` with --rangefs-path, else the venv's, wherever it is
+    installed from), and whether its source had uncommitted changes."""
+    # Asked of a fresh interpreter with the daemon's environment: this one has the benchmark's repository root
+    # on sys.path, which may be a different checkout (a worktree) from the one the rangefs command imports.
+    code = "import rangefs.cli; print(rangefs.__file__)"
+    where = procs.run([sys.executable, "-c", code], timeout=30, cwd="/", env=tools.rangefs_env(source))
     if not where.ok:
         return "unknown (rangefs is not importable)"
     repo = Path(where.stdout.strip()).resolve().parent.parent
@@ -121,7 +122,7 @@ def versions(args: argparse.Namespace, commands: list[realtools.Command]) -> dic
     found = {"nginx": tools.version("nginx")}
     for tool in args.tools:
         if tool not in tools.DOWNLOADERS or "sequential" in args.scenarios:
-            found[tool] = tools.version(tool)
+            found[tool] = tools.version(tool, tools.rangefs_env(args.rangefs_path) if tool == "rangefs" else None)
     if "tools" in args.scenarios:
         found.update(realtools.program_versions(commands))
     return found
@@ -186,7 +187,7 @@ def benchmark(args: argparse.Namespace, run: Run, work: Path, tools_bench: realt
         log("making the tools scenario's files (zip, MP4 with ffmpeg, SQLite): about 15 s")
         realtools.make_files(tools_bench)
     bench.can_drop_caches = procs.drop_caches()
-    run.environment = environment(work, bench.can_drop_caches)
+    run.environment = environment(work, bench.can_drop_caches, bench.rangefs_source)
     log("the local file: the floor")
     run.local = scenarios.local_baseline(bench)
     if "tools" in args.scenarios:
@@ -293,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         can_drop_caches=False,
         rangefs_args=shlex.split(args.rangefs_args),
+        rangefs_source=args.rangefs_path,
         py_spy=args.py_spy.absolute() if args.py_spy else None,
         py_spy_profile=profiles[0].name,
         scenarios=frozenset(args.scenarios),

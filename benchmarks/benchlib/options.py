@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra rangefs mount arguments, e.g. '--connections 16' or '-vv'",
     )
     add(
+        "--rangefs-path",
+        metavar="DIR",
+        type=Path,
+        help="run rangefs from this source checkout (put first on the daemon's PYTHONPATH), e.g. an older "
+        "worktree to compare with; default: the rangefs the venv imports",
+    )
+    add(
         "--out",
         metavar="FILE",
         type=Path,
@@ -165,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rangefs_path is not None:
+        args.rangefs_path = args.rangefs_path.resolve()
+        if not (args.rangefs_path / "rangefs" / "__init__.py").is_file():
+            parser.error(f"--rangefs-path {args.rangefs_path}: no rangefs/__init__.py there")
     if args.only in SCENARIOS:
         args.scenarios = [args.only]
     elif args.only:

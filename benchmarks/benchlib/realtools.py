@@ -280,6 +280,7 @@ def mounted_run(
         logs=tb.bench.logs,
         label=label,
         extra_args=extra,
+        rangefs_source=tb.bench.rangefs_source,
     )
     row = _row(tb, command, case.profile.name, filesystem)
     try:

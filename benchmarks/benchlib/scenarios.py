@@ -52,6 +52,7 @@ class Bench:
     seed: int
     can_drop_caches: bool
     rangefs_args: list[str] = field(default_factory=list)
+    rangefs_source: Path | None = None  # run rangefs from this checkout (None: the one the venv imports)
     py_spy: Path | None = None  # record rangefs's cold read here (py-spy raw format)
     py_spy_profile: str = ""  # ... under this profile
     notes: list[str] = field(default_factory=list)
@@ -200,7 +201,7 @@ def mounted(bench: Bench, spec: tools.MountSpec, size: int | None = None) -> Ite
     spec.mountpoint.mkdir(parents=True, exist_ok=True)
     spec.cache_dir.mkdir(parents=True, exist_ok=True)  # httpdirfs does not create it
     try:
-        with procs.started(spec.argv, spec.output) as child:
+        with procs.started(spec.argv, spec.output, env=spec.env) as child:
             try:
                 pid = _wait_ready(bench, spec, child, bench.size if size is None else size)
                 yield Mounted(spec, child, pid)
@@ -311,6 +312,7 @@ def _spec(bench: Bench, case: Case, cache: Path, phase: str) -> tools.MountSpec:
         logs=bench.logs,
         label=label,
         extra_args=extra,
+        rangefs_source=bench.rangefs_source,
     )
 
 
@@ -371,7 +373,8 @@ def _random(bench: Bench, case: Case, cache: Path, result: ToolResult) -> None:
 
 def _rangefs_stats(bench: Bench, mountpoint: Path, label: str) -> dict[str, object] | None:
     """``rangefs stats --json`` of a mount; the JSON is kept with the logs."""
-    done = procs.run([str(tools.rangefs_command()), "stats", str(mountpoint), "--json"], timeout=30)
+    argv = [str(tools.rangefs_command()), "stats", str(mountpoint), "--json"]
+    done = procs.run(argv, timeout=30, env=tools.rangefs_env(bench.rangefs_source))
     if not done.ok:
         bench.note(f"rangefs stats failed: {done.problem()}")
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -31,6 +32,16 @@ PACKAGES = {
 def rangefs_command() -> Path:
     """The rangefs of the virtual environment running this script."""
     return Path(sys.executable).parent / "rangefs"
+
+
+def rangefs_env(source: Path | None) -> dict[str, str] | None:
+    """The environment in which the venv's rangefs command imports rangefs from the checkout ``source`` (its
+    directory first on PYTHONPATH, ahead of the editable install) instead of the installed one; None: as is."""
+    if source is None:
+        return None
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(source), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    return env
 
 
 def executable(tool: str) -> str | None:
@@ -79,6 +90,7 @@ class MountSpec:
     log_file: Path | None = None  # the tool's own log, when it has one
     pid_file: Path | None = None
     ready_text: str | None = None  # a log line that says the mount is fully set up
+    env: dict[str, str] | None = None  # the daemon's environment (None: this process's)
 
 
 def mount_spec(
@@ -91,8 +103,10 @@ def mount_spec(
     logs: Path,
     label: str,
     extra_args: list[str],
+    rangefs_source: Path | None = None,
 ) -> MountSpec:
-    """The mount of ``base_url`` (a directory served with an index) for ``tool``."""
+    """The mount of ``base_url`` (a directory served with an index) for ``tool``; rangefs from the checkout
+    ``rangefs_source`` if given."""
     output = logs / f"{label}.out"
     if tool == "rangefs":
         return _rangefs_spec(
@@ -103,6 +117,7 @@ def mount_spec(
             logs=logs,
             label=label,
             extra_args=extra_args,
+            source=rangefs_source,
         )
     if tool == "rclone":
         config = logs / "rclone.conf"
@@ -120,7 +135,15 @@ def mount_spec(
 
 
 def _rangefs_spec(
-    *, base_url: str, file_name: str, mountpoint: Path, cache_dir: Path, logs: Path, label: str, extra_args: list[str]
+    *,
+    base_url: str,
+    file_name: str,
+    mountpoint: Path,
+    cache_dir: Path,
+    logs: Path,
+    label: str,
+    extra_args: list[str],
+    source: Path | None,
 ) -> MountSpec:
     urls = logs / f"{label}.urls"
     urls.write_text(f"{base_url}{file_name}\n")
@@ -141,17 +164,18 @@ def _rangefs_spec(
         log_file=log_file,
         pid_file=pid_file,
         ready_text=f"on {mountpoint} (kernel:",
+        env=rangefs_env(source),
     )
 
 
-def version(tool: str) -> str:
+def version(tool: str, env: dict[str, str] | None = None) -> str:
     """The installed version of a tool (the first version number it prints), or why there is none."""
     command = executable(tool)
     if command is None:
         return "not installed"
     flag = {"rclone": "version", "nginx": "-v"}.get(tool, "--version")
     try:
-        done = subprocess.run([command, flag], capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run([command, flag], capture_output=True, text=True, timeout=10, check=False, env=env)
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"unknown ({error})"
     name = "aria2" if tool == "aria2c" else tool
