@@ -211,6 +211,10 @@ def run_profile(args: argparse.Namespace, run: Run, tb: realtools.ToolsBench, se
         if served.profile.name == "wan" and "rangefs" in filesystems and args.prefetch_repeats > 0:
             log(f"tools wan: format-aware prefetch on and off, {args.prefetch_repeats} times each")
             run.prefetch += realtools.prefetch_runs(tb, served, args.prefetch_repeats, bench.rangefs_args)
+        if served.profile.name == "wan" and "rangefs" in filesystems and args.consistency_repeats > 0:
+            repeats, late = args.consistency_repeats, args.late_open
+            log(f"tools wan: opened at once and {late:g} s after mounting, {repeats} times each")
+            run.consistency += realtools.consistency_runs(tb, served, repeats, bench.rangefs_args, late)
     if "random" in args.scenarios:
         floor = scenarios.raw_http_random(bench, served)
         run.network_floor.append(floor)

@@ -131,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs of unzip -l and ffprobe with rangefs's format prefetch on and off, wan only; 0: skip (3)",
     )
     add(
+        "--consistency-repeats",
+        metavar="N",
+        type=int,
+        default=0,
+        help="runs of unzip -l and ffprobe through rangefs opened at once and --late-open s after the mount, "
+        "cold then warm (what revalidation on open costs), wan only; 0: skip (0)",
+    )
+    add(
+        "--late-open",
+        metavar="S",
+        type=float,
+        default=1.5,
+        help="seconds after the mount (and between the cold and warm runs) of the late opens of "
+        "--consistency-repeats; more than rangefs's --revalidate-after (1.5)",
+    )
+    add(
         "--rangefs-args",
         metavar="ARGS",
         default="",

@@ -173,6 +173,13 @@ class AccessLog:
             return 0
 
 
+def started_at(line: str) -> float | None:
+    """When the request of an access-log line started (its end, $msec, less $request_time); None: not a line of
+    ours. The same clock as time.time()."""
+    match = _LOG_LINE.match(line)
+    return float(match.group(1)) - float(match.group(9)) if match else None
+
+
 def summarize(lines: list[str], uri: str) -> Traffic:
     traffic = Traffic()
     connections: set[str] = set()

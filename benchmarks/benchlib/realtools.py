@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchlib import procs, tools
-from benchlib.origin import AccessLog, Origin, summarize
+from benchlib.origin import AccessLog, Origin, started_at, summarize
 from benchlib.results import CommandResult, CommandRun
 from benchlib.scenarios import Bench, Case, MountFailed, mounted
 
@@ -351,6 +351,85 @@ def prefetch_runs(tb: ToolsBench, origin: Origin, repeats: int, extra: list[str]
                     filesystem = f"rangefs {OFF}" if off else "rangefs"
                     rows.append(_failed(tb, command, origin.profile.name, filesystem, f"error: {type(error).__name__}"))
     return rows
+
+
+def consistency_runs(
+    tb: ToolsBench, origin: Origin, repeats: int, extra: list[str], late: float
+) -> list[CommandResult]:
+    """What close-to-open consistency costs: `unzip -l` and ``ffprobe`` on a fresh rangefs mount and cache after
+    drop_caches, opened at once (cold, then warm straight after) and opened ``late`` seconds after the mount was
+    ready (cold, then warm ``late`` seconds after the cold run ended: an open that finds the file's metadata
+    older than --revalidate-after revalidates it first). ``repeats`` times each, alternating."""
+    rows: list[CommandResult] = []
+    case = Case(origin, "rangefs")
+    for repeat in range(repeats):
+        for wait in (0.0, late) if repeat % 2 == 0 else (late, 0.0):
+            for command in prefetch_commands(tb.commands):
+                try:
+                    rows.append(_opened_after(tb, case, command, extra, wait=wait, tag=f"-open-{wait:g}s-{repeat}"))
+                except Exception as error:  # a row saying so, not the end of the run
+                    tb.bench.note(f"tools: consistency {command.key} broke: {type(error).__name__}: {error}")
+                    row = _failed(tb, command, origin.profile.name, "rangefs", f"error: {type(error).__name__}")
+                    row.variant = _opened(wait)
+                    rows.append(row)
+    return rows
+
+
+def _opened(wait: float) -> str:
+    return f"{wait:g} s after mount" if wait else "at once"
+
+
+def _opened_after(
+    tb: ToolsBench, case: Case, command: Command, extra: list[str], *, wait: float, tag: str
+) -> CommandResult:
+    """One cold and one warm run of ``command`` on a fresh mount, the cold one ``wait`` seconds after the mount
+    was ready (at once: 0) and the warm one ``wait`` seconds after the cold one. The access log is read once at
+    the end (so nothing waits for it between the runs) and its lines split between the two runs by when each
+    request started."""
+    label = f"tools-{case.label}-{command.key}{tag}"
+    cache = tb.bench.work / "cache" / label
+    spec = tools.mount_spec(
+        case.tool,
+        base_url=f"{case.base_url}{tb.files.name}/",
+        file_name=command.file_name,
+        mountpoint=tb.bench.work / "mnt" / label,
+        cache_dir=cache,
+        logs=tb.bench.logs,
+        label=label,
+        extra_args=extra,
+        rangefs_source=tb.bench.rangefs_source,
+    )
+    row = _row(tb, command, case.profile.name, case.tool)
+    row.variant = _opened(wait)
+    try:
+        with mounted(tb.bench, spec, tb.sizes[command.file_name]), _scratch(tb, label) as scratch:
+            ready = time.time()
+            mark = case.access.mark()
+            tb.bench.drop_caches()
+            time.sleep(max(0.0, ready + wait - time.time()))
+            cold_started = time.time()
+            row.cold = run_command(tb, command, spec.file_path, scratch, None, chain=None)
+            time.sleep(wait)
+            warm_started = time.time()
+            row.warm = run_command(tb, command, spec.file_path, scratch, None, chain=None)
+            lines = case.access.lines_since(mark)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    cold_lines: list[str] = []
+    warm_lines: list[str] = []
+    for line in lines:
+        (cold_lines if (started_at(line) or 0.0) < warm_started else warm_lines).append(line)
+    row.cold.traffic, row.warm.traffic = summarize(cold_lines, tb.uri(command)), summarize(warm_lines, tb.uri(command))
+    chain = (
+        f"# {command.label}: mount ready {ready:.3f}; cold started {cold_started:.3f} (+{cold_started - ready:.2f} s)\n"
+    )
+    chain += "".join(f"{line}\n" for line in cold_lines)
+    chain += f"# warm started {warm_started:.3f} (+{warm_started - ready:.2f} s)\n" + "".join(
+        f"{x}\n" for x in warm_lines
+    )
+    (tb.bench.logs / f"{label}.chain").write_text(chain)
+    _check(tb, command, row)
+    return row
 
 
 def profile_runs(

@@ -28,6 +28,8 @@ def render(run: Run) -> str:
         )
     if run.prefetch:
         parts.append("## Format-aware prefetch on the first open\n\n" + toolsreport.prefetch_table(run))
+    if run.consistency:
+        parts.append("## Revalidation on open: opened at once and later\n\n" + toolsreport.consistency_table(run))
     if run.profile_summary:
         parts.append("## Where rangefs spends its time (py-spy, loopback cold read)\n\n" + run.profile_summary)
     if run.notes:

@@ -108,6 +108,7 @@ class CommandResult:
     file_size: int
     command: str  # as shown in the table, e.g. "unzip -l"
     cold: CommandRun = field(default_factory=CommandRun)
+    variant: str = ""  # what else sets the run apart (the consistency runs: when the command ran after mounting)
     warm: CommandRun | None = None  # the same command again in the same mount
 
 
@@ -129,6 +130,7 @@ class Run:
     chart: tuple[str, str] | None = None  # (profile, path) of the chart of the tools scenario
     commands: list[CommandResult] = field(default_factory=list)  # the tools scenario
     prefetch: list[CommandResult] = field(default_factory=list)  # format-aware prefetch on and off, repeated
+    consistency: list[CommandResult] = field(default_factory=list)  # opened at once and late after mounting
 
     def find(self, profile: str, tool: str) -> ToolResult | None:
         for result in self.results:

@@ -128,9 +128,56 @@ def _prefetch_row(key: tuple[str, str, str, str], runs: list[CommandResult]) -> 
     return [profile, file_name, f"`{command}`", setting, count, timing, requests, median_sent]
 
 
+# --- revalidation on open --------------------------------------------------------------------------------
+
+
+def consistency_table(run: Run) -> str:
+    """Per command and variant (opened at once, or late), the cold and the warm run: the median time of the
+    repeats, the requests of each run and what they were."""
+    header = ["profile", "file", "command", "opened", "run", "runs", "seconds: median (min-max)"]
+    header += ["requests per run", "requests of all runs", "nginx sent per run (median)"]
+    keys: list[tuple[str, str, str, str]] = []
+    for row in run.consistency:
+        key = (row.profile, row.file_name, row.command, row.variant)
+        if key not in keys:
+            keys.append(key)
+    rows = []
+    for key in keys:
+        runs = [r for r in run.consistency if (r.profile, r.file_name, r.command, r.variant) == key]
+        for which in ("cold", "warm"):
+            taken = [r.cold if which == "cold" else r.warm for r in runs]
+            steps = [step for step in taken if step is not None]
+            profile, file_name, command, variant = key
+            opened = variant if which == "cold" or variant == "at once" else variant.replace("mount", "the cold run")
+            rows.append([profile, file_name, f"`{command}`", opened, which, *_repeated(steps, runs[0].file_size)])
+    return _table(header, rows)
+
+
+def _repeated(steps: list[CommandRun], size: int) -> list[str]:
+    """Runs, median seconds (range), requests of each run, their kinds summed, median bytes sent."""
+    good = [step for step in steps if step.ok and step.seconds is not None]
+    failed = [step.status for step in steps if not step.ok]
+    times = [step.seconds for step in good if step.seconds is not None]
+    timing = f"{statistics.median(times):.3f} ({min(times):.3f}-{max(times):.3f})" if times else ""
+    kinds: dict[str, int] = {}
+    for step in good:
+        for part in step.traffic.statuses.split(", ") if step.traffic and step.traffic.statuses else []:
+            count, _, status = part.partition("x ")
+            kinds[status] = kinds.get(status, 0) + int(count)
+    sent = [step.traffic.body_bytes for step in good if step.traffic is not None]
+    count = f"{len(good)}" + (f" ({len(failed)} failed: {failed[0]})" if failed else "")
+    return [
+        count,
+        timing,
+        ", ".join(_requests(step) for step in good),
+        ", ".join(f"{number}x {status}" for status, number in sorted(kinds.items())),
+        _share(statistics.median(sent), size) if sent else "",
+    ]
+
+
 def footer_lines(run: Run) -> list[str]:
     """How the tools scenario was measured, for the report's footer."""
-    return [
+    lines = [
         "- Tools scenario: files made by `benchmarks/makefiles.py` (the test suite's `tests/media.py`): "
         "archive.zip (`make_zip(3000)`), plain.mp4 (3.5 min H.264 at 5 Mbit/s, a keyframe every 2 s, moov at "
         "the end), items.sqlite (100,000 rows of 1,000 bytes), and for the extra commands fast.mp4 (faststart) "
@@ -151,3 +198,13 @@ def footer_lines(run: Run) -> list[str]:
         "- Format-aware prefetch: `unzip -l` and `ffprobe` of plain.mp4 on a fresh mount and cache after "
         "drop_caches, rangefs by default and with `--no-format-prefetch`, alternating, each repeated; cold only.",
     ]
+    if run.consistency:
+        lines.append(
+            "- Revalidation on open: `unzip -l` and `ffprobe` of plain.mp4, each on a fresh mount and cache after "
+            "drop_caches, opened at once (cold, then warm straight after) or N s after the mount was ready (cold, "
+            "then warm N s after the cold run), alternating, each repeated. rangefs revalidates (one HEAD) on an "
+            "open that finds the file's metadata older than `--revalidate-after` (default 1 s); rangefs 0.1 "
+            "trusted it for 300 s. The access log is read once after both runs and its requests split between "
+            "them by start time."
+        )
+    return lines
