@@ -215,7 +215,7 @@ def test_a_reader_of_the_first_block_of_a_run_is_answered_before_the_run_ends(tm
     source.fetch_into = slow_tail  # type: ignore[method-assign]
 
     async def test(store: BlockStore) -> None:
-        store.start_fetches(source, range(4), demand=False)  # one run of 4 blocks
+        store.start_fetches(source, ByteRange(0, 4 * 64 * KiB), demand=False)  # one run of 4 blocks
         with trio.fail_after(2):
             assert await store.read(source, 100, 1000) == source.data[100:1100]
         release.set()

@@ -296,8 +296,8 @@ class _CachedStore:
 
     block_size = 1024 * 1024
 
-    def start_fetches(self, source: RangeSource, indices: list[int], *, demand: bool) -> dict[int, object]:
-        return {}
+    def start_fetches(self, source: RangeSource, wanted: object, *, piece_size: int = 0, demand: bool) -> None:
+        return None
 
     async def read(self, source: RangeSource, offset: int, size: int, *, piece_size: int = 0) -> bytes:
         return bytes(size)

@@ -45,13 +45,23 @@ log = logging.getLogger(__name__)
 _READ_ATTEMPTS = 3
 
 Run = list[Entry]  # registered pieces, with their Pendings
+Part = bytes | tuple[Pending, int, int]  # bytes at hand, or bytes lo to hi of a piece being fetched
 # Piece size of small random reads: the page size, so what is fetched is what was asked for, rounded to pages
 # (measured at 40 ms RTT, 4 KiB preads: 64.5 ms per read with 64 KiB chunks, 54.6 ms with 12 KiB pieces;
 # a bare 4 KiB range request takes 42.5 ms).
 SMALL_READ_PIECE = 4 * 1024
+# Piece size of format-aware index reads (prefetcher.py): one request either way, fewer files than pages.
+INDEX_PIECE = 64 * 1024
+# The piece sizes in use besides blocks: a small read joins pieces of any of them that hold its bytes.
+PIECE_GRIDS = (INDEX_PIECE, SMALL_READ_PIECE)
 # Owner of reserved pieces until a fetch takes them (the Pending objects tell reservations apart).
 _RESERVED = object()
 _UNREGISTERED = Pending(owner=None)
+
+
+def _within(piece: PieceKey, start: int, stop: int) -> tuple[int, int]:
+    """The bytes ``start`` to ``stop`` of the file, as offsets inside ``piece`` (clipped to it)."""
+    return max(start, piece.start) - piece.start, min(stop, piece.stop) - piece.start
 
 
 @asynccontextmanager
@@ -176,7 +186,7 @@ class BlockStore:
 
     async def _read_once(self, source: RangeSource, offset: int, size: int, *, piece_size: int) -> bytes:
         wanted = clamp_read(offset, size, source.size)
-        parts: list[bytes | tuple[Pending, int, int]] = []
+        parts: list[Part] = []
         missing: Run = []
         owner = object()  # this read owns what it registers until _start hands it on
         # No await from here to _start: the tiers and the in-flight map are consulted and changed atomically.
@@ -187,10 +197,16 @@ class BlockStore:
                 found = self._lookup(block, lo, hi)
                 if found is not None:
                     parts.append(found)
+                    continue
+                # Pieces of another size may hold these bytes already (a format-aware index prefetch is cut
+                # in 64 KiB pieces, a small read in 4 KiB ones): join those rather than fetch again.
+                grids = () if source.streams_whole else sorted({*PIECE_GRIDS, piece_size} - {0}, reverse=True)
+                held = next((h for g in grids if (h := self._lookup_grid(block, lo, hi, g)) is not None), None)
+                if held is not None:
+                    parts.extend(held)
                 elif piece_size and not source.streams_whole:
                     for chunk in self._small_keys(block, lo, hi, piece_size):
-                        c_lo = max(block.start + lo, chunk.start) - chunk.start
-                        c_hi = min(block.start + hi, chunk.stop) - chunk.start
+                        c_lo, c_hi = _within(chunk, block.start + lo, block.start + hi)
                         piece = self._lookup(chunk, c_lo, c_hi)
                         if piece is None:
                             pending = self.in_flight.register(chunk, owner)
@@ -211,7 +227,21 @@ class BlockStore:
         self.stats.bytes_served += wanted.length
         return b"".join(result)
 
-    def _lookup(self, key: PieceKey, lo: int, hi: int) -> bytes | tuple[Pending, int, int] | None:
+    def _lookup_grid(
+        self, block: PieceKey, lo: int, hi: int, grid: int
+    ) -> list[bytes | tuple[Pending, int, int]] | None:
+        """Bytes ``lo`` to ``hi`` of ``block`` from pieces of size ``grid`` if every one of them is at hand."""
+        found: list[bytes | tuple[Pending, int, int]] = []
+        for key in self._small_keys(block, lo, hi, grid):
+            if not self.is_at_hand(key):
+                return None
+            piece = self._lookup(key, *_within(key, block.start + lo, block.start + hi))
+            if piece is None:  # on disk but unreadable (corrupt, dropped): fetch at the reader's own size
+                return None
+            found.append(piece)
+        return found
+
+    def _lookup(self, key: PieceKey, lo: int, hi: int) -> Part | None:
         """Bytes ``lo`` to ``hi`` of a piece from a tier, or the fetch to join for them, or None."""
         pending = self.in_flight.get(key)
         if pending is not None:
@@ -236,10 +266,19 @@ class BlockStore:
 
     # Fetching --------------------------------------------------------------------------------------------
 
-    def start_fetches(self, source: RangeSource, indices: Iterable[int], *, demand: bool) -> None:
-        """Start fetching the given blocks that are not at hand, in the service nursery. Never waits."""
+    def start_fetches(self, source: RangeSource, wanted: ByteRange, *, piece_size: int = 0, demand: bool) -> None:
+        """Start fetching the pieces (blocks, or pieces of ``piece_size``) of ``wanted`` that are not at hand, in
+        the service nursery. Never waits."""
+        if not wanted.length:
+            return
+        keys: list[PieceKey] = []
+        for index in blocks_covering(wanted, self.block_size):
+            block = self.block_key(source, index)
+            lo, hi = _within(block, wanted.start, wanted.stop)
+            small = piece_size and not source.streams_whole and (lo, hi) != (0, block.length)
+            keys += self._small_keys(block, lo, hi, piece_size) if small else [block]
         owner = object()
-        missing = [(key, self.in_flight.register(key, owner)) for key in self._not_at_hand(source, indices)]
+        missing = [(key, self.in_flight.register(key, owner)) for key in keys if not self.is_at_hand(key)]
         self._start(source, missing, owner, demand=demand)
 
     def reserve(self, source: RangeSource, indices: Iterable[int]) -> Run:
@@ -376,9 +415,12 @@ class BlockStore:
         describe: dict[str, object],
         wait: bool,
     ) -> None:
-        async with arriving:
-            async for pieces in arriving:
-                await self.writer.write(pieces, describe, wait=wait)
+        # Shielded: bytes that arrived are written even when the fetch is cancelled (a closed file's readahead,
+        # an unmount); the writer's wait is bounded by the disk, which the shield cannot make stall.
+        with trio.CancelScope(shield=True):
+            async with arriving:
+                async for pieces in arriving:
+                    await self.writer.write(pieces, describe, wait=wait)
 
     def _deliver(self, pieces: list[tuple[Entry, memoryview]], owner: object) -> None:
         """Fetched pieces into memory, then to their waiters (so no reader misses them in between)."""

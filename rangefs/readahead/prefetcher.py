@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from rangefs.blocks import BlockStore, RangeSource, Run
+from rangefs.blocks.store import INDEX_PIECE
 from rangefs.budget import ByteBudget
 from rangefs.errors import RangefsError
 from rangefs.ranges import ByteRange
@@ -28,8 +29,7 @@ log = logging.getLogger(__name__)
 StreamKey = tuple[int, int]  # (open handle, stream id)
 # Prefetches of format indexes belong to no open handle: closing the file does not cancel them.
 _INDEX_KEY: StreamKey = (0, 0)
-# Index reads and prefetches up to this size fetch only the pieces of _INDEX_PIECE they cover (one request each).
-_INDEX_PIECE = 64 * 1024
+# Index reads and prefetches up to this size fetch only the INDEX_PIECE pieces they cover (one request each).
 _SMALL_INDEX = 256 * 1024
 
 
@@ -76,10 +76,9 @@ class Prefetcher:
         self.stats.index_plans += 1
         first = planner.next_range()
         if first is not None and first.length:
-            # Registered before the open returns, so the tool's own first read joins this fetch.
-            block_size = self.store.block_size
-            blocks = range(first.start // block_size, -(-first.stop // block_size))
-            self.store.start_fetches(source, blocks, demand=True)
+            # Registered before the open returns, so the tool's own first read joins this fetch. Whole blocks:
+            # the tool's first reads land around this range too (unzip's 8 KiB reads before a zip's last 64 KiB).
+            self.store.start_fetches(source, first, demand=True)
         self._nursery.start_soon(self._run_plan, source, planner)
 
     async def _run_plan(self, source: RangeSource, planner: Planner) -> None:
@@ -89,7 +88,7 @@ class Prefetcher:
                 await trio.lowlevel.checkpoint()
                 # Box headers are a few bytes: fetch their chunk, not a whole block.
                 small = need.length <= _SMALL_INDEX
-                piece_size = _INDEX_PIECE if small else 0
+                piece_size = INDEX_PIECE if small else 0
                 planner.feed(need.start, await self.store.read(source, need.start, need.length, piece_size=piece_size))
         except RangefsError as error:
             log.debug("format-aware prefetch of %s stopped: %s", source.describe().get("url"), error)
@@ -108,7 +107,7 @@ class Prefetcher:
     async def _fetch_small_index(self, source: RangeSource, wanted: ByteRange) -> None:
         """A small index (a typical moov box) as the chunks it occupies rather than whole blocks."""
         try:
-            await self.store.read(source, wanted.start, wanted.length, piece_size=_INDEX_PIECE)
+            await self.store.read(source, wanted.start, wanted.length, piece_size=INDEX_PIECE)
         except RangefsError as error:
             log.debug("prefetch of the index of %s failed: %s", source.describe().get("url"), error)
         except Exception:  # a service task: a bug costs this prefetch, not the mount
