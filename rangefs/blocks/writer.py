@@ -12,6 +12,7 @@ counts them. Writes run in worker threads, at most ``concurrency`` at once.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass
 
 import trio
@@ -67,4 +68,9 @@ class CacheWriter:
             except Exception:  # a bug here must cost the cache entry, not the fetch that waits for it
                 log.exception("cache: unexpected error writing %d pieces of %s", len(pieces), describe.get("url"))
                 return
-        self.cache.record(written, describe)
+        try:
+            self.cache.record(written, describe)
+        except sqlite3.Error as error:  # record contains its own; a wrapper's or a future one's must not escape
+            self.cache.write_failed(error)
+        except Exception:
+            log.exception("cache: unexpected error recording %d pieces of %s", len(pieces), describe.get("url"))
