@@ -27,6 +27,7 @@ import errno
 import itertools
 import logging
 import os
+import secrets
 import shutil
 import sqlite3
 import time
@@ -78,6 +79,7 @@ class BlockCache:
         self._described: set[str] = set()
         self._writes_paused_until = 0.0
         self._temporary_names = itertools.count()
+        self._writer_token = secrets.token_hex(4)
         self._unlink_failure_logged = False
         self.stats = CacheStatistics(limit_bytes=size_limit or 0)
 
@@ -219,8 +221,11 @@ class BlockCache:
                 raise ValueError(f"piece {key} given {len(data)} bytes")
             directory = str(self._object_dir(key.object_id))
             path = f"{directory}/{key.file_name}"
-            # Unique without a syscall: pid for other processes, a counter for this one's threads.
-            temporary = f"{directory}/.{key.file_name}.{os.getpid()}.{next(self._temporary_names)}.tmp"
+            # Unique without a syscall: pid for other processes, a token for other caches of this process (two
+            # engines on one directory: the model-based test found their counters colliding, EEXIST), a counter
+            # for this cache's threads.
+            number = next(self._temporary_names)
+            temporary = f"{directory}/.{key.file_name}.{os.getpid()}.{self._writer_token}-{number}.tmp"
             header = blockfile.encode_header(data)
             try:
                 _write_atomically(path, temporary, header, data)
