@@ -226,8 +226,7 @@ class FileEngine:
             current = file.metadata
             changed = previous is not None and current is not None and not previous.same_version(current)
             if changed and previous is not None:
-                dropped = self.store.drop_object(previous.object_id)
-                log.info("%s changed on the server; dropped %d cached pieces of the old version", file.url, dropped)
+                self._drop_version(file, previous)
             recovered = previously_failed and file.failure is None
             if (changed or recovered) and self.on_metadata_changed is not None:
                 await self.on_metadata_changed(file.index)
@@ -235,6 +234,16 @@ class FileEngine:
             # Only now do opens waiting for this probe go on: the kernel has forgotten what no longer holds.
             file._probing = False
             done.set()
+
+    def _drop_version(self, file: RemoteFile, previous: RemoteMetadata) -> None:
+        """Forget a replaced version's pieces. The cache contains its own failures; anything else that escapes
+        costs the space (the LRU reclaims it), never the probe: its object id keeps it from being served."""
+        try:
+            dropped = self.store.drop_object(previous.object_id)
+        except Exception:
+            log.exception("cannot drop the cached pieces of the old version of %s", file.url)
+            return
+        log.info("%s changed on the server; dropped %d cached pieces of the old version", file.url, dropped)
 
     async def _probe_once(self, file: RemoteFile) -> None:
         """Probe, and record what was learnt (or what failed) in ``file``; never raises a RangefsError."""
