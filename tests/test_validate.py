@@ -224,3 +224,19 @@ def test_weak_etag_is_part_of_the_version_identity() -> None:
     dated = RemoteMetadata("http://h/f", 10, last_modified="Tue, 14 Nov 2023 22:13:20 GMT")
     redated = RemoteMetadata("http://h/f", 10, last_modified="Wed, 15 Nov 2023 22:13:20 GMT")
     assert dated.object_id != redated.object_id
+
+
+def test_a_206_with_only_validators_the_pinned_version_lacked_is_another_version() -> None:
+    """Found by the model-based test: pinned with only an ETag, the file became one with only a Last-Modified,
+    and a server ignoring If-Range answered 206 with the new bytes; no validator was compared, so they passed."""
+    pinned = RemoteMetadata("http://h/f", 1000, etag='"one"')
+    headers = {
+        "content-range": "bytes 0-99/1000",
+        "content-length": "100",
+        "last-modified": "Wed, 01 Dec 2026 10:00:00 GMT",
+    }
+    with pytest.raises(RemoteChanged, match="none in common"):
+        check_range_response("http://h/f", 206, headers, wanted=WANTED, metadata=pinned)
+    check_range_response(  # no validators at all: If-Range is the check
+        "http://h/f", 206, GOOD, wanted=WANTED, metadata=pinned
+    )
