@@ -241,7 +241,7 @@ class FileEngine:
         try:
             dropped = self.store.drop_object(previous.object_id)
         except Exception:
-            log.exception("cannot drop the cached pieces of the old version of %s", file.url)
+            log.warning("cannot drop the cached pieces of the old version of %s", file.url, exc_info=True)
             return
         log.info("%s changed on the server; dropped %d cached pieces of the old version", file.url, dropped)
 

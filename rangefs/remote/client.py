@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import httpcore
 import httpx
@@ -191,14 +191,15 @@ class RemoteClient:
             yield self._counted(url, response)
 
     async def _counted(self, url: str, response: httpx.Response) -> AsyncIterator[bytes]:
-        chunks = response.aiter_raw()
-        while True:
-            with self._translated(url):
-                chunk = await anext(chunks, None)
-            if chunk is None:
-                return
-            self.stats.bytes_fetched += len(chunk)
-            yield chunk
+        # aclosing: a reader that stops early must not leave httpx's generator for the garbage collector.
+        async with aclosing(_generator(response)) as chunks:
+            while True:
+                with self._translated(url):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    return
+                self.stats.bytes_fetched += len(chunk)
+                yield chunk
 
     async def _with_retries(self, url: str, operation: Callable[[Attempt], Awaitable[T]], time_budget: float) -> T:
         origin = self._origin(url)
@@ -291,13 +292,14 @@ class RemoteClient:
                 if response.status_code >= 400:
                     raise _status_error(url, response)
                 check_range_response(url, response.status_code, response.headers, wanted=missing, metadata=metadata)
-                async for chunk in response.aiter_raw():
-                    end = progress.received + len(chunk)
-                    if end > wanted.length:
-                        raise InvalidResponse(url, f"body longer than the {missing.length} bytes asked for")
-                    progress.received = end
-                    progress.sink(chunk)
-                    self.stats.bytes_fetched += len(chunk)
+                async with aclosing(_generator(response)) as body:  # closed also when we stop early
+                    async for chunk in body:
+                        end = progress.received + len(chunk)
+                        if end > wanted.length:
+                            raise InvalidResponse(url, f"body longer than the {missing.length} bytes asked for")
+                        progress.received = end
+                        progress.sink(chunk)
+                        self.stats.bytes_fetched += len(chunk)
                 if progress.received != wanted.length:
                     raise InvalidResponse(
                         url, f"body cut short: {progress.received} of {wanted.length} bytes", transient=True
@@ -357,3 +359,8 @@ def _metadata_from(url: str, response: httpx.Response, size: int) -> RemoteMetad
         last_modified=response.headers.get("last-modified") or None,
         accepts_ranges=response.status_code == 206 or accept_ranges != "none",
     )
+
+
+def _generator(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """httpx types the raw body as an AsyncIterator; it is an async generator, which aclosing needs."""
+    return cast("AsyncGenerator[bytes, None]", response.aiter_raw())

@@ -14,9 +14,10 @@ Errors are left to the caller's one translation point.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import httpx
 import trio
@@ -149,8 +150,9 @@ async def finish(response: httpx.Response) -> None:
         length = parse_digits(response.headers.get("content-length"))
         small = response.request.method == "HEAD" or (length is not None and length <= _DRAIN_LIMIT)
         if small and not response.is_stream_consumed:
-            async for _ in response.aiter_raw():
-                pass
+            async with aclosing(_generator(response)) as body:
+                async for _ in body:
+                    pass
     except httpx.HTTPError:
         pass  # the connection is lost anyway
     finally:
@@ -169,3 +171,8 @@ def describe(error: Exception) -> str:
 
 def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+def _generator(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """httpx types the raw body as an AsyncIterator; it is an async generator, which aclosing needs."""
+    return cast("AsyncGenerator[bytes, None]", response.aiter_raw())
