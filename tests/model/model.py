@@ -75,7 +75,15 @@ class Model:
         return {s.version.number for s in self.origin.files[name].history if s.alive_within(start, stop)}
 
     def fault_within(self, name: str, start: int, stop: int) -> bool:
-        return any(burst.active_within(start, stop) for burst in self.origin.files[name].faults)
+        if any(burst.active_within(start, stop) for burst in self.origin.files[name].faults):
+            return True
+        # A refused connection marks the whole host down (the circuit breaker) for a cool-down measured in
+        # seconds, not steps: from then on any file of the host may fail, or keep the version it knows.
+        return any(
+            burst.kind == "refuse" and burst.armed_at <= stop
+            for file in self.origin.files.values()
+            for burst in file.faults
+        )
 
     def cache_fault_within(self, engine: int, start: int, stop: int) -> bool:
         return any(
