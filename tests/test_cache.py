@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -251,3 +253,24 @@ def test_old_layout_is_removed(tmp_path: Path) -> None:
     (old / "3").write_bytes(b"a block of version 0.1")
     opened(tmp_path)
     assert not (tmp_path / "blocks").exists()
+
+
+def test_two_caches_of_one_process_write_the_same_piece_at_once(tmp_path: Path) -> None:
+    """Found by the model-based test: two engines of one process on one directory named their temporary files
+    by pid and a per-cache counter, so concurrent writes of one piece collided (EEXIST, writes paused)."""
+    first, second = opened(tmp_path), opened(tmp_path)
+    failures: list[BaseException] = []
+
+    def write_many(cache: BlockCache) -> None:
+        try:
+            for _ in range(300):
+                cache.store_files([(block(0), memoryview(SMALL))])
+        except OSError as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=write_many, args=(cache,)) for cache in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
