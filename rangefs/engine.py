@@ -345,7 +345,10 @@ class FileEngine:
     def _store_probe(self, file: RemoteFile) -> None:
         """Keep what is known of the file with the cache, for remounts within the metadata TTL."""
         if file.metadata is not None:
-            self.store.cache.put_record(file.record_key, json.dumps(dataclasses.asdict(file.metadata)))
+            try:
+                self.store.cache.put_record(file.record_key, json.dumps(dataclasses.asdict(file.metadata)))
+            except Exception:  # the cache contains its own failures; a record lost costs one probe, never more
+                log.warning("cannot store what is known of %s", file.url, exc_info=True)
 
     def ranges_unsupported(self, file: RemoteFile) -> None:
         """The server ignores Range for this file: remember it (across mounts) and say so once."""
