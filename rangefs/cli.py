@@ -25,7 +25,7 @@ import trio
 
 from rangefs import __version__
 from rangefs.cache import BlockCache
-from rangefs.config import Entry, MountSettings, default_cache_dir, parse_size, read_urls_file
+from rangefs.config import Entry, MountSettings, options, parse_size, read_urls_file
 from rangefs.config.settings import default_log_file
 from rangefs.download import command as download_command
 from rangefs.errors import MountError, UsageError
@@ -45,59 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("urls_file", type=Path, metavar="URLS_FILE", help="the list of URLs (see README)")
     mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an empty directory")
     mount.add_argument("-f", "--foreground", action="store_true", help="stay attached; Ctrl-C unmounts")
-    mount.add_argument("--cache-dir", type=Path, help=f"block cache directory (default: {default_cache_dir()})")
-    mount.add_argument("--block-size", default="1M", help="cache block and minimum request size (default: 1M)")
-    mount.add_argument(
-        "--timeout",
-        type=float,
-        default=60.0,
-        help="seconds a read may take in all, retries included, before it fails with EIO (default: 60)",
-    )
-    mount.add_argument("--ca-bundle", type=Path, help="verify TLS servers against this CA bundle (PEM)")
-    mount.add_argument("--http2", action="store_true", help="use HTTP/2 where servers offer it")
-    mount.add_argument(
-        "--cache-size", default="10G", help="hard limit on the cache directory; 0 for no limit (default: 10G)"
-    )
-    mount.add_argument(
-        "--metadata-ttl",
-        type=float,
-        default=300.0,
-        help="seconds a stored probe result (size, version) serves listings without a request (default: 300)",
-    )
-    mount.add_argument(
-        "--revalidate-after",
-        type=float,
-        default=1.0,
-        help="an open revalidates a file whose metadata is older than this many seconds, so it sees changes"
-        " made at the origin before then (default: 1; at most --metadata-ttl)",
-    )
-    mount.add_argument(
-        "--connections", type=int, default=8, help="parallel connections per host for readahead (default: 8)"
-    )
-    mount.add_argument(
-        "--max-readahead", default="64M", help="largest readahead window of one sequential stream (default: 64M)"
-    )
-    mount.add_argument(
-        "--max-inflight", default="256M", help="prefetched bytes in flight across the mount (default: 256M)"
-    )
-    mount.add_argument(
-        "--no-format-prefetch",
-        action="store_true",
-        help="do not prefetch zip directories, MP4 moov boxes and Parquet footers on first open",
-    )
-    mount.add_argument(
-        "--kernel-readahead",
-        default="256K",
-        help="the kernel's readahead for the mount, root only; 0 keeps the kernel default (default: 256K)",
-    )
-    mount.add_argument(
-        "-o",
-        dest="fuse_options",
-        action="append",
-        default=[],
-        metavar="OPT[,OPT...]",
-        help="FUSE mount options, e.g. -o allow_other",
-    )
+    options.add_settings_arguments(mount)
     mount.add_argument("--pid-file", type=Path, help="write the daemon's process id to this file")
     _add_logging_options(mount)
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -114,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune = cache_commands.add_parser("prune", help="evict least recently used blocks down to a size")
     prune.add_argument("--max-size", required=True, help="size to prune down to, e.g. 2G")
     for action in (info, clear, prune):
-        action.add_argument("--cache-dir", type=Path, help=f"cache directory (default: {default_cache_dir()})")
+        options.add_settings_arguments(action, only=["cache_dir"])
 
     get = commands.add_parser("get", help="download URLs with parallel connections, to files or stdout")
     download_command.add_arguments(get)
@@ -188,25 +136,9 @@ def _check_http2(wanted: bool) -> None:
 
 
 def _settings(args: argparse.Namespace) -> MountSettings:
-    options = frozenset(option for group in args.fuse_options for option in group.split(",") if option)
-    _check_http2(args.http2)
-    kernel_readahead = parse_size(args.kernel_readahead)
-    return MountSettings(
-        cache_dir=(args.cache_dir or default_cache_dir()).absolute(),
-        block_size=parse_size(args.block_size),
-        connections=args.connections,
-        max_readahead=parse_size(args.max_readahead),
-        max_inflight=parse_size(args.max_inflight),
-        kernel_readahead=kernel_readahead or None,
-        cache_size=parse_size(args.cache_size) or None,
-        timeout=args.timeout,
-        format_prefetch=not args.no_format_prefetch,
-        ca_bundle=args.ca_bundle.absolute() if args.ca_bundle else None,
-        http2=args.http2,
-        metadata_ttl=args.metadata_ttl,
-        revalidate_after=args.revalidate_after,
-        fuse_options=options,
-    )
+    settings = options.settings_from_arguments(args)
+    _check_http2(settings.http2)
+    return settings
 
 
 def _mount(args: argparse.Namespace) -> int:
@@ -218,7 +150,7 @@ def _mount(args: argparse.Namespace) -> int:
     mount.check_fuse_available()
     mount.check_mountpoint(args.mountpoint)
     if not args.foreground:
-        return _mount_in_background(args)
+        return _mount_in_background(args, settings)
     _setup_logging(args, args.log_file)
     if args.pid_file:
         args.pid_file.write_text(f"{os.getpid()}\n")
@@ -258,22 +190,9 @@ def _report_to_parent(ready_fd: int | None, message: str) -> None:
         pass  # the parent is gone or was told already
 
 
-def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
+def _child_argv(args: argparse.Namespace, settings: MountSettings, ready_fd: int) -> list[str]:
     argv = [sys.executable, "-m", "rangefs", "mount", str(args.urls_file.absolute()), str(args.mountpoint.absolute())]
-    argv += ["--foreground", "--ready-fd", str(ready_fd), "--block-size", args.block_size]
-    argv += ["--connections", str(args.connections), "--max-readahead", args.max_readahead]
-    argv += ["--max-inflight", args.max_inflight, "--kernel-readahead", args.kernel_readahead]
-    argv += ["--cache-size", args.cache_size, "--metadata-ttl", str(args.metadata_ttl), "--timeout", str(args.timeout)]
-    argv += ["--revalidate-after", str(args.revalidate_after)]
-    if args.ca_bundle:
-        argv += ["--ca-bundle", str(args.ca_bundle.absolute())]
-    if args.http2:
-        argv.append("--http2")
-    if args.no_format_prefetch:
-        argv.append("--no-format-prefetch")
-    argv += ["--cache-dir", str((args.cache_dir or default_cache_dir()).absolute())]
-    for group in args.fuse_options:
-        argv += ["-o", group]
+    argv += ["--foreground", "--ready-fd", str(ready_fd), *options.settings_argv(settings)]
     if args.pid_file:
         argv += ["--pid-file", str(args.pid_file.absolute())]
     if args.log_level:
@@ -282,13 +201,13 @@ def _child_argv(args: argparse.Namespace, ready_fd: int) -> list[str]:
     return argv
 
 
-def _mount_in_background(args: argparse.Namespace) -> int:
+def _mount_in_background(args: argparse.Namespace, settings: MountSettings) -> int:
     log_file = (args.log_file or default_log_file()).absolute()
     log_file.parent.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
     with open(log_file, "ab") as log_stream:
         child = subprocess.Popen(
-            [*_child_argv(args, write_fd), "--log-file", str(log_file)],
+            [*_child_argv(args, settings, write_fd), "--log-file", str(log_file)],
             stdin=subprocess.DEVNULL,
             stdout=log_stream,
             stderr=log_stream,
@@ -347,7 +266,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    cache = BlockCache((args.cache_dir or default_cache_dir()).absolute())
+    cache = BlockCache(options.settings_from_arguments(args).cache_dir)
     if not cache.root.is_dir():
         raise UsageError(f"no cache at {cache.root}")
     problem = cache.open()

@@ -25,18 +25,6 @@ from rangefs.remote import RemoteClient
 _SETTLE_TIMEOUT = 3.0
 
 
-def client_for(settings: MountSettings) -> RemoteClient:
-    return RemoteClient(
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        total_timeout=settings.timeout,
-        verify=str(settings.ca_bundle) if settings.ca_bundle else True,
-        http2=settings.http2,
-        connections_per_host=settings.connections,
-        user_agent=settings.user_agent,
-    )
-
-
 @asynccontextmanager
 async def running_engine(
     entries: Sequence[Entry], settings: MountSettings, cache: BlockCache, *, client: RemoteClient | None = None
@@ -44,7 +32,7 @@ async def running_engine(
     """A FileEngine over ``entries`` whose service tasks (fetches, prefetches, cache writes) run until exit.
 
     Probes are not started: the caller starts ``engine.run_probes`` when it wants them."""
-    async with client or client_for(settings) as remote, trio.open_nursery() as nursery:
+    async with client or RemoteClient(settings) as remote, trio.open_nursery() as nursery:
         store = BlockStore(
             cache,
             block_size=settings.block_size,

@@ -12,15 +12,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+import httpcore
 import httpx
 import pytest
 import trio
 import trio.testing
 
+from rangefs.config import MountSettings
 from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteStatusError, RemoteUnreachable
 from rangefs.ranges import ByteRange
 from rangefs.remote import RemoteClient, RemoteMetadata
 from rangefs.remote.retry import RetryPolicy
+from rangefs.remote.transport import LargeReadBackend, build_transport
 
 DATA = bytes(range(256)) * 4  # 1024 bytes, a function of the offset
 DATE = "Tue, 14 Nov 2023 22:13:20 GMT"
@@ -495,7 +498,7 @@ def test_real_connection_that_never_answers_does_not_mark_the_host_down() -> Non
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
             port = listeners[0].socket.getsockname()[1]
-            async with RemoteClient(total_timeout=0.3, retry=RetryPolicy(base_delay=0, max_delay=0)) as client:
+            async with RemoteClient(MountSettings(timeout=0.3), retry=RetryPolicy(base_delay=0, max_delay=0)) as client:
                 with pytest.raises(RemoteUnreachable, match="no complete answer"):
                     await client.probe(f"http://127.0.0.1:{port}/a")
                 assert client.statistics().hosts_down == 0
@@ -536,10 +539,39 @@ def test_deadline_ending_a_connect_just_begun_does_not_mark_the_host_down() -> N
         return origin(request)
 
     async def main() -> None:
-        async with make_client(handler, total_timeout=10.0) as client:
+        async with make_client(handler, settings=MountSettings(timeout=10.0)) as client:
             metadata = await client.probe(URL)
             with pytest.raises(RemoteUnreachable, match="no complete answer within 10 s"):
                 await client.fetch(metadata, ByteRange(0, 10))
             assert client.statistics().hosts_down == 0
 
     run(main)
+
+
+def test_connections_read_the_socket_in_large_pieces_without_patching_httpcore() -> None:
+    """1 MiB socket reads halve the CPU per MiB; they are this client's, not a process-wide class patch."""
+    payload = bytes(range(256)) * (4 * 4096)  # 4 MiB
+
+    async def send_all(stream: trio.SocketStream) -> None:
+        await stream.send_all(payload)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, send_all, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            stream = await LargeReadBackend().connect_tcp("127.0.0.1", port)
+            received = b""
+            with trio.fail_after(10):
+                while len(received) < len(payload):
+                    await trio.sleep(0.01)  # let the sender fill the socket buffer
+                    received += await stream.read(64 * 1024)
+            assert received == payload
+            assert stream.reads < len(payload) // (64 * 1024), stream.reads  # reads larger than asked
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    transport = build_transport(verify=True, http2=False, limits=httpx.Limits())
+    assert transport is not None
+    assert isinstance(transport._pool._network_backend, LargeReadBackend)  # type: ignore[attr-defined]
+    assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == 64 * 1024

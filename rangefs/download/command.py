@@ -16,33 +16,37 @@ from pathlib import Path
 
 import trio
 
-from rangefs.config import default_cache_dir, name_from_url, parse_size
+from rangefs.config import name_from_url, options
 from rangefs.download import GetJob, get_all, settings_for_get
 from rangefs.download.output import Digest, FileSink, StreamSink
 from rangefs.download.progress import BarProgress, NoProgress, Reporter
 from rangefs.errors import UsageError
-from rangefs.library.options import check_url, headers_from, settings_from
+from rangefs.library.options import check_url, headers_from
+
+_SHARED_SETTINGS = (
+    "cache_dir",
+    "cache_size",
+    "block_size",
+    "connections",
+    "timeout",
+    "connect_timeout",
+    "read_timeout",
+    "ca_bundle",
+    "http2",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("urls", nargs="+", metavar="URL", help="what to download; a last '-' means stdout")
     parser.add_argument("-o", "--output", metavar="DIR|FILE|-", help="a directory, a file (one URL) or - for stdout")
     parser.add_argument("-j", "--jobs", type=int, default=4, help="files downloaded at once (default: 4)")
-    parser.add_argument(
-        "--connections", type=int, default=8, help="parallel connections per host, each fetching parts (default: 8)"
-    )
     parser.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the (one) file; a mismatch fails")
     parser.add_argument("--md5", metavar="HEX", help="expected MD5 of the (one) file; a mismatch fails")
     parser.add_argument("-f", "--force", action="store_true", help="replace output files that exist")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="request header")
-    parser.add_argument("--cache-dir", type=Path, help=f"block cache directory (default: {default_cache_dir()})")
-    parser.add_argument("--cache-size", default="10G", help="limit of the cache directory; 0 for none (default: 10G)")
-    parser.add_argument("--block-size", default="1M", help="cache block size, as for mounts (default: 1M)")
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds one part may take, retries included (default: 60)"
-    )
-    parser.add_argument("--ca-bundle", type=Path, help="verify TLS servers against this CA bundle (PEM)")
+    # The mount's own options, with its defaults: a download shares the cache (keys, limit) with mounts.
+    options.add_settings_arguments(parser, only=_SHARED_SETTINGS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,17 +54,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
     if args.jobs < 1:
         raise UsageError("-j must be at least 1")
-    try:
-        settings = settings_from(
-            cache_dir=args.cache_dir,
-            cache_size=parse_size(args.cache_size),
-            block_size=parse_size(args.block_size),
-            connections=args.connections,
-            timeout=args.timeout,
-            ca_bundle=args.ca_bundle,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    settings = options.settings_from_arguments(args)
     reporter: Reporter = NoProgress() if args.quiet or not sys.stderr.isatty() else BarProgress(len(jobs))
     reporter.start()
     try:

@@ -16,10 +16,10 @@ from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextman
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-import httpcore
 import httpx
 import trio
 
+from rangefs.config import MountSettings
 from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteStatusError, RemoteUnreachable
 from rangefs.logthrottle import LogThrottle
 from rangefs.ranges import ByteRange
@@ -29,6 +29,7 @@ from rangefs.remote.limits import HostLimits
 from rangefs.remote.metadata import RemoteMetadata
 from rangefs.remote.retry import THROTTLE_STATUSES, RetryPolicy, is_transient, parse_retry_after
 from rangefs.remote.sender import Attempt, Headers, Sender, describe, origin_of
+from rangefs.remote.transport import build_transport
 from rangefs.remote.validate import (
     check_range_response,
     parse_content_range,
@@ -40,9 +41,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# httpcore reads sockets 64 KiB at a time; each read costs a trip through h11 and the trio scheduler.
-# 1 MiB reads halve the CPU per MiB (STACK.md: 3.8 -> 1.5 CPU-s/GiB), the first limit on cold reads.
-_SOCKET_READ_SIZE = 1024 * 1024
 # Seconds a probe may take, retries included: probes stand between `ls` and its answer, so a dead host must
 # not hold a listing up for the whole read timeout.
 _PROBE_TIMEOUT = 5.0
@@ -78,37 +76,36 @@ class RemoteClient:
 
     def __init__(
         self,
+        settings: MountSettings | None = None,
         *,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 30.0,
-        total_timeout: float = 60.0,
-        connections_per_host: int = 8,
-        user_agent: str = "rangefs",
-        verify: str | bool = True,
-        http2: bool = False,
         retry: RetryPolicy | None = None,
         breaker: HostBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _SOCKET_READ_SIZE
+        """A client with the timeouts, connection limits and TLS of ``settings`` (a mount's defaults if None);
+        ``transport`` replaces the network (tests)."""
+        settings = settings or MountSettings()
+        timeout = settings.read_timeout
+        # The HostLimits below bound connections; httpx's pool only keeps them alive.
+        # Idle connections are kept for a minute (httpx's default is 5 s): a reader coming back after a pause
+        # saves the handshake, and httpcore checks a pooled connection is still open before reusing it.
+        limits = httpx.Limits(
+            max_connections=None, max_keepalive_connections=4 * settings.connections, keepalive_expiry=60.0
+        )
+        verify = str(settings.ca_bundle) if settings.ca_bundle else True
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
-            # The HostLimits below bound connections; httpx's pool only keeps them alive.
-            # Idle connections are kept for a minute (httpx's default is 5 s): a reader coming back after a pause
-            # saves the handshake, and httpcore checks a pooled connection is still open before reusing it.
-            limits=httpx.Limits(
-                max_connections=None, max_keepalive_connections=4 * connections_per_host, keepalive_expiry=60.0
-            ),
+            timeout=httpx.Timeout(connect=settings.connect_timeout, read=timeout, write=timeout, pool=None),
+            limits=limits,
             follow_redirects=False,
-            headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
+            headers={"User-Agent": settings.user_agent, "Accept-Encoding": "identity"},
             verify=verify,
-            http2=http2,
-            transport=transport,
+            http2=settings.http2,
+            transport=transport or build_transport(verify=verify, http2=settings.http2, limits=limits),
             trust_env=True,
         )
-        self.total_timeout = total_timeout
+        self.total_timeout = settings.timeout
         self.retry = retry or RetryPolicy()
-        self.limits = HostLimits(connections_per_host)
+        self.limits = HostLimits(settings.connections)
         self.breaker = breaker or HostBreaker()
         self._sender = Sender(self._client, self.breaker)
         self.stats = ClientStatistics()

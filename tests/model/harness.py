@@ -33,7 +33,7 @@ import trio.testing
 
 from rangefs.blocks import BlockStore
 from rangefs.cache import BlockCache
-from rangefs.config import Entry
+from rangefs.config import Entry, MountSettings
 from rangefs.engine import FileEngine
 from rangefs.readahead import ReadaheadConfig
 from rangefs.readahead.prefetcher import Prefetcher
@@ -196,10 +196,12 @@ async def _run_engine(
     try:
         async with (
             RemoteClient(
-                connect_timeout=_CONNECT_TIMEOUT,
-                read_timeout=_TOTAL_TIMEOUT,
-                total_timeout=_TOTAL_TIMEOUT,
-                connections_per_host=settings.connections,
+                MountSettings(
+                    connect_timeout=_CONNECT_TIMEOUT,
+                    read_timeout=_TOTAL_TIMEOUT,
+                    timeout=_TOTAL_TIMEOUT,
+                    connections=settings.connections,
+                ),
                 retry=RetryPolicy(base_delay=0.0, max_delay=0.0),
                 transport=transport,
             ) as client,

@@ -1,0 +1,93 @@
+"""The HTTP transport: httpx's own, over connections that read the socket in large pieces.
+
+httpcore reads sockets 64 KiB at a time, and each read costs a trip through h11 and the trio scheduler;
+1 MiB reads halve the CPU per MiB (STACK.md: 3.8 -> 1.5 CPU-s/GiB), the first limit on cold reads. The
+read size is a property of the streams a network backend hands out (httpcore's documented extension
+point), so it applies to this client's connections only, not to every httpcore user in the process.
+"""
+
+from __future__ import annotations
+
+import ssl
+import typing
+import urllib.request
+
+import httpcore
+import httpx
+
+# Bytes asked of the socket per read.
+SOCKET_READ_SIZE = 1024 * 1024
+
+
+class LargeReadStream(httpcore.AsyncNetworkStream):
+    """A connection whose reads ask for at least SOCKET_READ_SIZE bytes (TLS keeps its large reads too)."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+        # Reads served, for the test that checks the tuning is in place.
+        self.reads = 0
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self.reads += 1
+        return await self._stream.read(max(max_bytes, SOCKET_READ_SIZE), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return LargeReadStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._stream.get_extra_info(info)
+
+
+class LargeReadBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's trio backend, handing out LargeReadStreams."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.TrioBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[typing.Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return LargeReadStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: typing.Iterable[typing.Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return LargeReadStream(await self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+def build_transport(*, verify: str | bool, http2: bool, limits: httpx.Limits) -> httpx.AsyncHTTPTransport | None:
+    """httpx's transport with a pool over LargeReadBackend, or None (httpx builds its own) when the
+    environment names a proxy: httpx honours proxy variables only for transports it builds itself."""
+    if any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies()):
+        return None
+    ssl_context = httpx.create_ssl_context(verify=verify)
+    transport = httpx.AsyncHTTPTransport(verify=ssl_context, http2=http2, limits=limits)
+    # httpx takes no network backend; its pool is rebuilt with the same settings and ours (the one private
+    # name this module relies on; tests/test_remote_client.py checks the large reads happen).
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        http1=True,
+        http2=http2,
+        network_backend=LargeReadBackend(),
+    )
+    return transport
