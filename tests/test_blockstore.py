@@ -112,6 +112,13 @@ class FailingCache(BlockCache):
             raise RuntimeError("cache exploded")
         return super().read(key, offset, length)
 
+    def contains(self, key: PieceKey) -> bool:
+        if key == self.fail_key and self.fail_contains:
+            raise RuntimeError("cache exploded")
+        return super().contains(key)
+
+    fail_contains = False
+
 
 def test_a_cache_that_raises_between_registering_and_fetching_strands_no_reader(tmp_path: Path) -> None:
     """7: 0.1 registered the first block as in flight, then the cache raised on the second, and the first
@@ -128,6 +135,29 @@ def test_a_cache_that_raises_between_registering_and_fetching_strands_no_reader(
         with trio.fail_after(2):
             assert await store.read(source, 0, 128 * KiB) == source.data[: 128 * KiB]
         assert len(store.in_flight) == 0
+
+    trio.run(_with_store, cache, 64 * KiB, test)
+
+
+@pytest.mark.parametrize("entry", ["demand read", "prefetch reservation"])
+def test_a_cache_lookup_that_raises_while_registering_strands_no_reader(tmp_path: Path, entry: str) -> None:
+    """Found reading the code after the model test's path-7 class: registering interleaved with the cache
+    lookups, so a lookup raising on block 1 left block 0 registered by nobody's fetch."""
+    source = MemorySource(pattern_bytes(4 * 64 * KiB, seed=4))
+    cache = FailingCache(tmp_path / "cache")
+    assert cache.open() is None
+    cache.fail_key, cache.fail_contains = PieceKey(source.object_id, 64 * KiB, 64 * KiB), True
+
+    async def test(store: BlockStore) -> None:
+        with pytest.raises(RuntimeError):
+            if entry == "demand read":
+                store.start_fetches(source, ByteRange(0, 128 * KiB), demand=True)
+            else:
+                store.reserve(source, range(2))
+        assert len(store.in_flight) == 0, "nothing registered that no fetch owns"
+        cache.fail_key = None
+        with trio.fail_after(2):
+            assert await store.read(source, 0, 128 * KiB) == source.data[: 128 * KiB]
 
     trio.run(_with_store, cache, 64 * KiB, test)
 

@@ -278,8 +278,10 @@ class BlockStore:
             small = piece_size and not source.streams_whole and (lo, hi) != (0, block.length)
             keys += self._small_keys(block, lo, hi, piece_size) if small else [block]
         owner = object()
-        missing = [(key, self.in_flight.register(key, owner)) for key in keys if not self.is_at_hand(key)]
-        self._start(source, missing, owner, demand=demand)
+        # Every lookup before the first registration: one that raises must leave nothing registered that no
+        # fetch owns (its readers would wait forever).
+        absent = [key for key in keys if not self.is_at_hand(key)]
+        self._start(source, [(key, self.in_flight.register(key, owner)) for key in absent], owner, demand=demand)
 
     def reserve(self, source: RangeSource, indices: Iterable[int]) -> Run:
         """Register the given blocks that are not at hand, for a prefetch to fetch later with
@@ -287,7 +289,8 @@ class BlockStore:
         owns them: it must pass them to ``fetch_reserved`` or ``abandon``. Never waits."""
         if source.streams_whole:
             return []  # a stream brings every block anyway
-        return [(key, self.in_flight.register(key, _RESERVED)) for key in self._not_at_hand(source, indices)]
+        absent = self._not_at_hand(source, indices)  # every lookup first, as in start_fetches
+        return [(key, self.in_flight.register(key, _RESERVED)) for key in absent]
 
     async def fetch_reserved(self, source: RangeSource, reserved: Run) -> None:
         """Fetch reserved blocks in this task (cancelling it cancels the fetch); see ``abandon``."""
