@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -61,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("urls", nargs="*", metavar="URL")
     prune = cache_commands.add_parser("prune", help="evict least recently used blocks down to a size")
     prune.add_argument("--max-size", required=True, help="size to prune down to, e.g. 2G")
+    warm = cache_commands.add_parser("warm", help="fetch files of a live mount into its cache, whole or --index")
+    warm.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    warm.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="files or directories (default: all)")
+    warm.add_argument(
+        "--index", action="store_true", help="only what format-aware prefetch would fetch (zip directories, ...)"
+    )
+    warm.add_argument("-j", "--jobs", type=int, default=4, help="files warmed at once (default: 4)")
+    warm.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for action in (info, clear, prune):
         options.add_settings_arguments(action, only=["cache_dir"])
 
@@ -266,6 +275,8 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    if args.cache_command == "warm":
+        return _warm(args)
     cache = BlockCache(options.settings_from_arguments(args).cache_dir)
     if not cache.root.is_dir():
         raise UsageError(f"no cache at {cache.root}")
@@ -294,6 +305,37 @@ def _cache(args: argparse.Namespace) -> int:
     finally:
         cache.close()
     return 0
+
+
+def _warm(args: argparse.Namespace) -> int:
+    from rangefs import warm
+    from rangefs.download.progress import BarProgress, NoProgress, Reporter
+
+    if args.jobs < 1:
+        raise UsageError("-j must be at least 1")
+    statistics = warm.mount_statistics(args.mountpoint)
+    targets = warm.find_targets(args.mountpoint, args.paths)
+    try:
+        if args.index:
+            for target in targets:
+                warm.plan_index(target)
+    except OSError as error:
+        raise MountError(f"cannot read the index of {target.path}: {error.strerror}") from None
+    problem = warm.check_fits(targets, statistics)
+    if problem:
+        raise MountError(problem)
+    reporter: Reporter = NoProgress() if args.quiet or not sys.stderr.isatty() else BarProgress(len(targets))
+    reporter.start()
+    try:
+        trio.run(partial(warm.warm_all, targets, jobs=args.jobs, reporter=reporter))
+    finally:
+        reporter.stop()
+    for target in targets:
+        if target.error:
+            print(f"rangefs cache warm: {target.error}", file=sys.stderr)
+    warmed = sum(target.length for target in targets if not target.error)
+    print(f"warmed {len(targets)} files, {_human(warmed)}", file=sys.stderr)
+    return 1 if any(target.error for target in targets) else 0
 
 
 def _human(size: int) -> str:
