@@ -240,3 +240,18 @@ def test_a_206_with_only_validators_the_pinned_version_lacked_is_another_version
     check_range_response(  # no validators at all: If-Range is the check
         "http://h/f", 206, GOOD, wanted=WANTED, metadata=pinned
     )
+
+
+def test_a_206_without_validators_is_unproven_when_no_if_range_could_vouch_for_it() -> None:
+    """Found by the model-based test in CI: a version known only by a weak ETag cannot be sent in If-Range;
+    the origin (ignoring If-Range anyway) then served a newer version of the same size with no validators at
+    all, and its bytes were taken as the pinned version's. With a strong validator sent in If-Range, a server
+    that honours it vouches for the answer, and stripped validators alone prove nothing."""
+    weak_only = RemoteMetadata("http://h/f", 1000, etag='W/"v1"')
+    bare = {"content-range": "bytes 0-99/1000", "content-length": "100"}
+    with pytest.raises(RemoteChanged, match="none of the validators"):
+        check_range_response("http://h/f", 206, bare, wanted=ByteRange(0, 100), metadata=weak_only)
+    check_range_response("http://h/f", 206, {**bare, "etag": 'W/"v1"'}, wanted=ByteRange(0, 100), metadata=weak_only)
+    check_range_response("http://h/f", 206, bare, wanted=ByteRange(0, 100), metadata=OURS)  # If-Range vouches
+    no_validators = RemoteMetadata("http://h/f", 1000)
+    check_range_response("http://h/f", 206, bare, wanted=ByteRange(0, 100), metadata=no_validators)
