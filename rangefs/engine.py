@@ -149,6 +149,7 @@ class FileEngine:
         self.store = store
         self.prefetcher = prefetcher
         self.readahead = readahead or ReadaheadConfig(block_size=store.block_size)
+        self._probe_concurrency = probe_concurrency
         self._probe_limiter = trio.CapacityLimiter(probe_concurrency)
         self.metadata_ttl = metadata_ttl
         self.revalidate_after = min(revalidate_after, metadata_ttl)
@@ -173,7 +174,7 @@ class FileEngine:
                     await self._probe(file)
 
         async with trio.open_nursery() as nursery:
-            for _ in range(self._probe_limiter.total_tokens):
+            for _ in range(self._probe_concurrency):
                 nursery.start_soon(worker)
 
     async def add(self, entry: Entry) -> int:
