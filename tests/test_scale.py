@@ -22,5 +22,5 @@ def test_a_file_stat_before_its_turn_is_probed_at_once(origin: Origin, mount_fac
     mounted = mount_factory(urls)
     assert os.stat(mounted.path / f"f{_FILES - 1:04}.bin").st_size == len(b"%d" % (_FILES - 1))
     heads = sum(1 for record in origin.requests if record.method == "HEAD")
-    assert heads < _FILES // 2, f"{heads} probes ran before the one asked for"
+    assert heads < 100, f"{heads} probes ran before the one asked for"  # 32 workers, then this one
     assert (mounted.path / "f0007.bin").read_bytes() == b"7"
