@@ -24,6 +24,8 @@ from rangefs.ranges import ByteRange
 from rangefs.remote import RemoteClient, RemoteMetadata
 from rangefs.remote.retry import RetryPolicy
 from rangefs.remote.transport import LargeReadBackend, build_transport
+from tests import faults
+from tests.origin import Origin as LoopbackOrigin
 
 DATA = bytes(range(256)) * 4  # 1024 bytes, a function of the offset
 DATE = "Tue, 14 Nov 2023 22:13:20 GMT"
@@ -449,7 +451,7 @@ def test_host_dropping_packets_costs_one_probe_deadline_not_one_per_url() -> Non
                     nursery.start_soon(probe, index)
             assert len(failures) == 1000
             assert trio.current_time() - started < 6  # one 5 s probe deadline, then refused at once
-            assert hosts.calls["dead.example"] == 32
+            assert hosts.calls["dead.example"] == MountSettings().connections  # the probes one host gets at once
 
     run(main)
 
@@ -575,3 +577,21 @@ def test_connections_read_the_socket_in_large_pieces_without_patching_httpcore()
     assert transport is not None
     assert isinstance(transport._pool._network_backend, LargeReadBackend)  # type: ignore[attr-defined]
     assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == 64 * 1024
+
+
+def test_probes_of_one_host_are_bounded_by_its_connections() -> None:
+    """httpcore's CPU per request grows with its pool; 32 probes at once to one host doubled a listing's CPU."""
+    with LoopbackOrigin().running() as origin:
+        urls = []
+        for number in range(40):
+            urls.append(origin.add(f"/p{number}.bin", b"x" * number))
+            origin.faults[f"/p{number}.bin"] = faults.only(("HEAD",), faults.slow_first_byte(0.05))
+
+        async def main() -> None:
+            async with RemoteClient(MountSettings(connections=4)) as client, trio.open_nursery() as nursery:
+                for url in urls:
+                    nursery.start_soon(client.probe, url)
+
+        trio.run(main)
+        assert len(origin.requests) == 40
+        assert origin.max_in_flight == 4

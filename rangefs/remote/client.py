@@ -131,7 +131,9 @@ class RemoteClient:
     async def probe(self, url: str, headers: Headers = ()) -> RemoteMetadata:
         """Size and validator of ``url``: HEAD first, a one-byte ranged GET when HEAD says too little."""
         timeout = min(self.total_timeout, _PROBE_TIMEOUT)
-        return await self._with_retries(url, lambda attempt: self._probe_once(url, headers, attempt), timeout)
+        # The deadline starts once a connection is ours: probes queued behind a slow host must not expire.
+        async with self.limits.probe_limiter(self._origin(url)):
+            return await self._with_retries(url, lambda attempt: self._probe_once(url, headers, attempt), timeout)
 
     async def fetch(
         self, metadata: RemoteMetadata, wanted: ByteRange, headers: Headers = (), *, demand: bool = True

@@ -1,7 +1,9 @@
 """Connections per host: separate limits for demand reads and prefetch, adapted to how the host copes.
 
-Demand fetches (a reader waits) and prefetches have a CapacityLimiter each per origin, so demand never
-queues behind prefetch. Both follow one AIMD allowance per origin: a 429 or 503 halves it (at least 1), each
+Demand fetches (a reader waits), prefetches and probes have a CapacityLimiter each per origin, so demand
+never queues behind prefetch, nor a listing's probes behind either. Probes are bounded too: httpcore's pool
+costs CPU per request in proportion to its connections to the host (10,000 HEADs to one host: 32 at once
+took 20 CPU-s, 8 at once 9). Both follow one AIMD allowance per origin: a 429 or 503 halves it (at least 1), each
 success adds 1/allowance (about one more connection per allowance's worth of successes), never above the
 configured connections. A throttling origin thus sees fewer, not more, requests.
 """
@@ -18,6 +20,7 @@ class _HostState:
     allowance: float
     demand: trio.CapacityLimiter
     prefetch: trio.CapacityLimiter
+    probe: trio.CapacityLimiter
 
 
 class HostLimits:
@@ -36,13 +39,16 @@ class HostLimits:
         if state is None:
             full = self.connections_per_host
             state = self._hosts[origin] = _HostState(
-                float(full), trio.CapacityLimiter(full), trio.CapacityLimiter(full)
+                float(full), trio.CapacityLimiter(full), trio.CapacityLimiter(full), trio.CapacityLimiter(full)
             )
         return state
 
     def limiter(self, origin: str, *, demand: bool) -> trio.CapacityLimiter:
         state = self._state(origin)
         return state.demand if demand else state.prefetch
+
+    def probe_limiter(self, origin: str) -> trio.CapacityLimiter:
+        return self._state(origin).probe
 
     def allowance(self, origin: str) -> int:
         return int(self._state(origin).allowance)
@@ -61,4 +67,4 @@ class HostLimits:
     def _set(state: _HostState, allowance: float) -> None:
         state.allowance = allowance
         # Lowering total_tokens below what is borrowed is allowed: it takes effect as tokens come back.
-        state.demand.total_tokens = state.prefetch.total_tokens = int(allowance)
+        state.demand.total_tokens = state.prefetch.total_tokens = state.probe.total_tokens = int(allowance)
