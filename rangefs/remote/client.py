@@ -83,7 +83,6 @@ class RemoteClient:
         retry: RetryPolicy | None = None,
         breaker: HostBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        offline: bool = False,
     ) -> None:
         """A client with the timeouts, connection limits and TLS of ``settings`` (a mount's defaults if None);
         ``transport`` replaces the network (tests)."""
@@ -111,7 +110,7 @@ class RemoteClient:
         self.limits = HostLimits(settings.connections)
         self.breaker = breaker or HostBreaker()
         # Offline: every request fails at once, before any connection (see Sender).
-        self._sender = Sender(self._client, self.breaker, offline=offline)
+        self._sender = Sender(self._client, self.breaker, offline=settings.offline)
         self.stats = ClientStatistics()
         self._log_throttle = LogThrottle()
 
