@@ -46,10 +46,14 @@ def explain(error: BaseException, origin: str, timeout: httpx.Timeout) -> str:
     if isinstance(error, httpx.ConnectTimeout):
         return (
             f"no connection to {host} within {_seconds(timeout.connect)}: the host does not answer"
-            " (it is down, or a firewall drops the packets); check the URL's host and port"
+            " (it is down, or a firewall drops the packets); check the URL's host and port (--connect-timeout"
+            " waits longer)"
         )
     if isinstance(error, httpx.ReadTimeout):
-        return f"{host} sent nothing for {_seconds(timeout.read)} (read timeout): the server is stuck or overloaded"
+        return (
+            f"{host} sent nothing for {_seconds(timeout.read)} (read timeout): the server is stuck or overloaded;"
+            " --read-timeout waits longer"
+        )
     detail = next((str(cause) for cause in _causes(error) if str(cause)), "") or "no details given"
     return f"cannot talk to {host}: {type(error).__name__}: {detail}"
 
