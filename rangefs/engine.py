@@ -17,6 +17,10 @@ known, readable from the cache, as when the host is offline.
 
 An open handle pins the version (size and validators) it was opened with: every read through it is either
 bytes of that version or an error, never a mix of two versions.
+
+Offline (``offline=True``, the mount's ``--offline``) nothing is probed or revalidated: every stored probe result
+serves, whatever its age, and a file without one fails. The client sends no request either, so only cached bytes
+can be read. A mount with its origin down behaves the same from its first failed probe on, without the flag.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import trio
 from rangefs.blocks import BlockStore
 from rangefs.blocks.store import SMALL_READ_PIECE
 from rangefs.config import Entry
-from rangefs.errors import RemoteChanged, RemoteError
+from rangefs.errors import RemoteChanged, RemoteError, RemoteUnreachable
 from rangefs.ranges import ByteRange, clamp_read
 from rangefs.readahead import AccessPattern, ReadaheadConfig
 from rangefs.readahead.formats import planner_for
@@ -54,6 +58,8 @@ _SPARSE_READ = 32 * 1024
 # Stream id of explicit prefetches (``FileEngine.prefetch``): the access pattern's ids start at 1, so its
 # decisions to drop streams never cancel these; releasing the handle does.
 _EXPLICIT_STREAM = 0
+# Why a file without a stored probe result fails offline.
+_NOTHING_STORED = "--offline, and nothing is stored about it: mount once without --offline to learn its size"
 
 
 class RemoteVersion:
@@ -99,8 +105,10 @@ class RemoteFile:
         self.failure: RemoteError | None = None  # why the last probe failed: opens fail with it
         self.stale = False  # a read saw the file change: probe again before the next open
         self.probed_at = 0.0  # wall-clock time of the probe that produced ``metadata``
+        self.attempted_at = 0.0  # wall-clock time the last probe ended, whether it succeeded or failed
         self.index_planned_for: str | None = None  # object id whose format index was prefetched
         self.kernel_version: str | None = None  # object id whose pages the kernel may hold for this file
+        self.revalidation_failing = False  # a failed revalidation was logged; cleared by a probe that succeeds
         self._probed = trio.Event()
         self._probing = False
 
@@ -142,6 +150,7 @@ class FileEngine:
         metadata_ttl: float = 300.0,
         revalidate_after: float = 1.0,
         format_prefetch: bool = True,
+        offline: bool = False,
         on_metadata_changed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.files = [RemoteFile(entry, index) for index, entry in enumerate(entries)]
@@ -154,6 +163,7 @@ class FileEngine:
         self.metadata_ttl = metadata_ttl
         self.revalidate_after = min(revalidate_after, metadata_ttl)
         self.format_prefetch = format_prefetch
+        self.offline = offline
         self.on_metadata_changed = on_metadata_changed
         self._handles: dict[int, OpenFile] = {}
         self._handle_numbers = itertools.count(1)
@@ -201,13 +211,24 @@ class FileEngine:
             except (TypeError, ValueError):
                 continue
             file.probed_at = stored_at
-            if now - stored_at < self.metadata_ttl:
+            if now - stored_at < self.metadata_ttl or self.offline:
                 file._probed.set()  # fresh: no request at all
+        if self.offline:
+            for file in files:
+                if file.metadata is None:
+                    log.warning("cannot serve %s offline: no size or version of it is stored", file.url)
+                    file.failure = RemoteUnreachable(file.url, _NOTHING_STORED)
+                    file._probed.set()
 
     def _needs_probe(self, file: RemoteFile) -> bool:
         """Before an open: the last probe failed, a read saw the file change, or what is known is too old."""
-        expired = time.time() - file.probed_at >= self.revalidate_after
-        return file.failure is not None or file.stale or expired
+        if self.offline:
+            return False
+        now = time.time()
+        if file.failure is not None:
+            # Tried again at most once per revalidate_after: a stat and the open after it cost one request.
+            return now - file.attempted_at >= self.revalidate_after
+        return file.stale or now - file.probed_at >= self.revalidate_after
 
     def probed(self, file_index: int) -> RemoteFile | None:
         """The file if its first probe has ended, else None (without waiting)."""
@@ -220,6 +241,20 @@ class FileEngine:
         if not file._probed.is_set():
             await self._probe(file)  # its turn in run_probes' queue may be far off (or joins the probe under way)
         return file
+
+    async def recheck(self, file_index: int) -> RemoteFile:
+        """The file once its first probe has ended; if that or a later probe failed, probed again first (at
+        most once per ``revalidate_after``), so a stat sees a server that came back. Only a failed file is."""
+        file = await self.metadata(file_index)
+        if file.failure is not None and self._needs_probe(file):
+            await self._reprobe(file)
+        return file
+
+    async def _reprobe(self, file: RemoteFile) -> None:
+        """Probe a file whose first probe has ended again, or join the probe under way."""
+        if not file._probing:
+            file._probed = trio.Event()
+        await self._probe(file)
 
     async def _probe(self, file: RemoteFile) -> None:
         if file._probing:
@@ -263,19 +298,27 @@ class FileEngine:
             if expected is not None and metadata.size != expected:
                 raise RemoteChanged(file.url, f"size is {metadata.size} bytes, the urls file says {expected}")
             file.metadata, file.failure, file.stale, file.probed_at = metadata, None, False, time.time()
+            if file.revalidation_failing:
+                log.info("%s answers again", file.url)
+                file.revalidation_failing = False
             self._store_probe(file)
         except RemoteError as error:
             self._probe_failed(file, error)
         except Exception as error:  # a bug must fail this file, not the engine (probes are service tasks)
             log.exception("unexpected error probing %s", file.url)
             self._probe_failed(file, RemoteError(file.url, f"unexpected error: {error!r}"))
+        finally:
+            file.attempted_at = time.time()
 
     def _probe_failed(self, file: RemoteFile, error: RemoteError) -> None:
         """Keep the known version through a failure that proves nothing (a 5xx, a timeout, a host down);
         a definite answer (404, 403, a size the urls file contradicts) or a version known to be gone fails it.
         Its cached blocks stay either way: only a new version drops them."""
         if file.metadata is not None and not file.stale and is_transient(error):
-            log.warning("cannot revalidate %s (%s); serving the version known", file.url, error.cause)
+            # Once per outage: with the host down, every open of the file fails to revalidate.
+            level = logging.DEBUG if file.revalidation_failing else logging.WARNING
+            log.log(level, "cannot revalidate %s (%s); serving the version known", file.url, error.cause)
+            file.revalidation_failing = True
             return
         log.warning("cannot probe %s: %s", file.url, error.cause)
         # Opens fail from now on; what was known stays for attributes, so the kernel does not cut the file short
@@ -290,9 +333,7 @@ class FileEngine:
                 # The index prefetch of the version known overlaps the revalidation; if the file changed,
                 # its range requests are refused (If-Range, validators) and cost nothing but a round trip.
                 self._plan_index(file, RemoteVersion(self.client, file.metadata, file, self))
-            if not file._probing:
-                file._probed = trio.Event()
-            await self._probe(file)
+            await self._reprobe(file)
         if file.failure is not None:
             raise file.failure
         assert file.metadata is not None

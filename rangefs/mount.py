@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 # Seconds the freshly mounted filesystem may take to answer its first request.
 _SERVING_TIMEOUT = 30.0
-_BASE_OPTIONS = frozenset({"fsname=rangefs", "subtype=rangefs", "ro", "default_permissions"})
+# No default_permissions: with it the kernel fetches attributes before every open and getxattr, so a file whose
+# stat fails (nothing is known of it, see RangefsOperations.getattr) could be neither opened (probed again) nor
+# asked for its user.rangefs.error. Every file is 0444 and every directory 0555 for everyone, so the kernel's
+# mode check would refuse nothing but exec, which RangefsOperations.access and the kernel itself refuse.
+_BASE_OPTIONS = frozenset({"fsname=rangefs", "subtype=rangefs", "ro"})
 
 
 class _VanishedRequestFilter(logging.Filter):

@@ -59,6 +59,7 @@ async def running_engine(
             metadata_ttl=settings.metadata_ttl,
             revalidate_after=settings.revalidate_after,
             format_prefetch=settings.format_prefetch,
+            offline=settings.offline,
         )
         try:
             yield engine

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,7 @@ def rangefs_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rangefs", *args]
 
 
-def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def stop_process(process: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 10.0) -> None:
     """End a process we started, by its PID: SIGTERM, then SIGKILL if it does not exit within ``grace``."""
     process.terminate()
     try:
@@ -99,3 +101,45 @@ def start_mount(urls_file: Path, mountpoint: Path, cache_dir: Path, log_file: Pa
             raise AssertionError(f"{mountpoint} not mounted after {_MOUNT_TIMEOUT} s")
         time.sleep(0.02)
     return mount
+
+
+@contextmanager
+def mounted_in_namespace(
+    namespace: str, urls_file: Path, mountpoint: Path, cache_dir: Path, log_file: Path, *extra_args: str
+) -> Iterator[Path]:
+    """Run ``rangefs mount --foreground`` inside network namespace ``namespace`` (``ip netns exec``, which gives
+    it a mount namespace of its own, so the mount is not visible here); yields the mount as the daemon sees it,
+    through /proc/PID/root. The daemon is ended by its PID (SIGTERM unmounts) however the block exits, and the
+    block fails if it logged an error."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    command = rangefs_command(
+        "mount", str(urls_file), str(mountpoint), "--foreground", "--cache-dir", str(cache_dir),
+        "--log-file", str(log_file), "-v", *extra_args,
+    )  # fmt: skip
+    with open(log_file.with_suffix(".out"), "ab") as output:
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, *command], stdin=subprocess.DEVNULL, stdout=output, stderr=output
+        )
+    try:
+        deadline = time.monotonic() + _MOUNT_TIMEOUT
+        while not _mounted_for(process.pid, mountpoint):
+            if process.poll() is not None:
+                raise AssertionError(f"rangefs exited with {process.returncode} before mounting")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{mountpoint} not mounted in {namespace} after {_MOUNT_TIMEOUT} s")
+            time.sleep(0.02)
+        yield Path(f"/proc/{process.pid}/root") / mountpoint.relative_to("/")
+    finally:
+        stop_process(process, grace=_EXIT_TIMEOUT)
+    text = "".join(path.read_text() for path in (log_file, log_file.with_suffix(".out")) if path.exists())
+    bad = [line for line in text.splitlines() if _BAD_LOG_LINE.search(line)]
+    assert not bad, "\n".join(bad)
+
+
+def _mounted_for(pid: int, mountpoint: Path) -> bool:
+    """Whether process ``pid`` sees a mount on ``mountpoint`` (in its own mount namespace)."""
+    try:
+        with open(f"/proc/{pid}/mounts") as mounts:
+            return any(line.split()[1] == str(mountpoint) for line in mounts)
+    except OSError:
+        return False

@@ -5,6 +5,9 @@ the address inside it, and always takes it down again. A server runs inside with
 clients on the host connect to the yielded address, so the kernel's own TCP (handshake, slow start, the window
 after idle) runs end to end over the delayed link. A user-space delaying proxy would hide all of that.
 
+``isolated()`` is a namespace with nothing but loopback and a resolv.conf of its own, for tests whose DNS must
+never reach a real resolver (see tests/fakedns.py).
+
 The script is found beside the repository (``<repo>/../shared/netem/netns.sh``; for a linked git worktree, beside
 the main checkout), or wherever the environment variable ``RANGEFS_NETNS_SH`` points.
 """
@@ -115,3 +118,27 @@ def namespace(name: str, rtt_ms: float, index: int | None = None) -> Iterator[st
         yield address
     finally:
         down(name)
+
+
+def isolated_skip_reason() -> str | None:
+    """Why ``isolated`` namespaces cannot be made here, or None (they need only root and iproute2)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    return None if shutil.which("ip") else "missing ip (apt iproute2)"
+
+
+@contextmanager
+def isolated(name: str, resolv_conf: str) -> Iterator[str]:
+    """Namespace ``name`` with nothing but its own loopback (no packet can leave it), whose programs, run with
+    ``exec_argv``, read ``resolv_conf`` as /etc/resolv.conf (``ip netns exec`` bind-mounts
+    /etc/netns/NAME/resolv.conf over it, in a mount namespace of their own). Taken down however the block exits."""
+    config = Path("/etc/netns") / name
+    try:
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=_COMMAND_TIMEOUT)
+        subprocess.run(exec_argv(name, ["ip", "link", "set", "lo", "up"]), check=True, timeout=_COMMAND_TIMEOUT)
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "resolv.conf").write_text(resolv_conf)
+        yield name
+    finally:
+        shutil.rmtree(config, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=_COMMAND_TIMEOUT)

@@ -2,7 +2,8 @@
 
 Content is held in memory; each file's bytes are a known function of the offset (seeded pseudo-random), so
 any (offset, length) can be checked. Tests swap a file's content to emulate a change on the server, and
-install a ``fault`` callable per path to make the server misbehave in a chosen way.
+install a ``fault`` callable per path to make the server misbehave in a chosen way. With ``tls`` (a server
+ssl context, see tests/tls.py) it serves HTTPS.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -64,6 +67,7 @@ class Origin:
     in_flight: int = 0
     max_in_flight: int = 0  # most requests being answered at the same moment
     connection_rate: int | None = None  # bytes per second per connection (a throttling origin)
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this server context
 
     def add(self, path: str, data: bytes, *, etag: bool = True, last_modified: bool = True) -> str:
         """Serve ``data`` at ``path`` (replacing what was there, with a new validator); returns the URL."""
@@ -78,7 +82,7 @@ class Origin:
         return self.url(path)
 
     def url(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}{path}"
 
     def requests_for(self, path: str, method: str = "GET") -> list[RequestRecord]:
         with self.lock:
@@ -96,6 +100,10 @@ class Origin:
         server = _Server((self.host, 0), OriginHandler)
         server.origin = self
         self.port = server.server_address[1]
+        if self.tls is not None:
+            # The handshake happens in the handler's thread, on its first read: a client that rejects the
+            # certificate fails its own connection, not the accept loop.
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         try:
@@ -109,6 +117,11 @@ class Origin:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     origin: Origin
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+            return  # a client that rejected our certificate, or went away: expected in tests, nothing to print
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class OriginHandler(BaseHTTPRequestHandler):

@@ -464,7 +464,7 @@ def test_read_timeout_on_a_connection_does_not_mark_the_host_down() -> None:
 
     async def main() -> None:
         async with make_client(hosts) as client:
-            with pytest.raises(RemoteUnreachable, match="timed out"):
+            with pytest.raises(RemoteUnreachable, match=r"slow\.example:80 sent nothing for 20 s \(read timeout\)"):
                 await client.probe("http://slow.example/a")
             assert hosts.calls["slow.example"] == RetryPolicy().max_attempts  # retried, as transient
             assert client.statistics().hosts_down == 0
@@ -482,7 +482,7 @@ def test_real_refused_connection_marks_the_host_down() -> None:
 
     async def main() -> None:
         async with RemoteClient(retry=RetryPolicy(base_delay=0, max_delay=0)) as client:
-            with pytest.raises(RemoteUnreachable, match="ConnectError"):
+            with pytest.raises(RemoteUnreachable, match=r"connection refused by 127\.0\.0\.1:"):
                 await client.probe(f"http://127.0.0.1:{port}/a")
             with pytest.raises(RemoteUnreachable, match="down for"):
                 await client.probe(f"http://127.0.0.1:{port}/b")
@@ -501,7 +501,9 @@ def test_real_connection_that_never_answers_does_not_mark_the_host_down() -> Non
             listeners = await nursery.start(partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
             port = listeners[0].socket.getsockname()[1]
             async with RemoteClient(MountSettings(timeout=0.3), retry=RetryPolicy(base_delay=0, max_delay=0)) as client:
-                with pytest.raises(RemoteUnreachable, match="no complete answer"):
+                with pytest.raises(
+                    RemoteUnreachable, match=r"accepted the connection but sent no answer within 0\.3 s"
+                ):
                     await client.probe(f"http://127.0.0.1:{port}/a")
                 assert client.statistics().hosts_down == 0
             nursery.cancel_scope.cancel()
@@ -543,7 +545,7 @@ def test_deadline_ending_a_connect_just_begun_does_not_mark_the_host_down() -> N
     async def main() -> None:
         async with make_client(handler, settings=MountSettings(timeout=10.0)) as client:
             metadata = await client.probe(URL)
-            with pytest.raises(RemoteUnreachable, match="no complete answer within 10 s"):
+            with pytest.raises(RemoteUnreachable, match="within 10 s"):
                 await client.fetch(metadata, ByteRange(0, 10))
             assert client.statistics().hosts_down == 0
 

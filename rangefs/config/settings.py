@@ -132,6 +132,11 @@ class MountSettings:
     ca_bundle: Path | None = option(None, _path("verify TLS servers against this CA bundle (PEM)"))
     # HTTP/2 multiplexes requests to one host over one connection (needs the h2 package).
     http2: bool = option(False, Option("use HTTP/2 where servers offer it (needs h2)", flag=True))
+    # Send no request at all: stored probe results serve whatever their age, and only cached bytes can be read
+    # (on a plane; and tests use it to prove what the cache alone holds).
+    offline: bool = option(
+        False, Option("send no request: serve stored sizes and cached bytes only; the rest fails (EIO)", flag=True)
+    )
     # Connections per host for prefetch, and as many again for demand reads so they never queue behind it.
     # 8 saturates an origin that throttles each connection (a download accelerator's usual count).
     connections: int = option(8, _count("parallel connections per host for readahead"))

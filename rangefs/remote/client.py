@@ -2,7 +2,8 @@
 
 Requests go through a Sender (redirects, credentials kept at their origin, the per-host breaker). Every
 failure while talking HTTP (a transport error, or anything untrusted input makes httpx, h11 or our parsing
-raise) is translated to a RemoteError in exactly one place, ``_translated``. Transient failures are retried
+raise) is translated to a RemoteError in exactly one place, ``_translated``, whose message says what failed and
+what to do (``diagnosis``: a certificate, a name, a refused or silent host). Transient failures are retried
 within a deadline per operation (``total_timeout``), but not once the host is known down; a body cut short
 is resumed for the missing bytes only.
 """
@@ -24,11 +25,12 @@ from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteSt
 from rangefs.logthrottle import LogThrottle
 from rangefs.ranges import ByteRange
 from rangefs.remote.breaker import HostBreaker
+from rangefs.remote.diagnosis import deadline_passed
 from rangefs.remote.headers import parse_digits
 from rangefs.remote.limits import HostLimits
 from rangefs.remote.metadata import RemoteMetadata
 from rangefs.remote.retry import THROTTLE_STATUSES, RetryPolicy, is_transient, parse_retry_after
-from rangefs.remote.sender import Attempt, Headers, Sender, describe, origin_of
+from rangefs.remote.sender import Attempt, Headers, Sender, origin_of
 from rangefs.remote.transport import build_transport
 from rangefs.remote.validate import (
     check_range_response,
@@ -107,7 +109,8 @@ class RemoteClient:
         self.retry = retry or RetryPolicy()
         self.limits = HostLimits(settings.connections)
         self.breaker = breaker or HostBreaker()
-        self._sender = Sender(self._client, self.breaker)
+        # Offline: every request fails at once, before any connection (see Sender).
+        self._sender = Sender(self._client, self.breaker, offline=settings.offline)
         self.stats = ClientStatistics()
         self._log_throttle = LogThrottle()
 
@@ -210,7 +213,10 @@ class RemoteClient:
                     result = await operation(attempt)
             except trio.TooSlowError:
                 self._note_unfinished_connect(attempt, time_budget)
-                raise RemoteUnreachable(url, f"no complete answer within {time_budget:.0f} s") from None
+                cause = deadline_passed(
+                    time_budget, attempt.host, connecting=attempt.connecting is not None, answered=attempt.answered
+                )
+                raise RemoteUnreachable(url, cause) from None
             except RemoteError as error:
                 if isinstance(error, RemoteStatusError) and error.status in THROTTLE_STATUSES:
                     self.limits.throttled(origin)
@@ -235,7 +241,8 @@ class RemoteClient:
             return
         connecting_for = trio.current_time() - attempt.connecting_since
         if connecting_for >= min(_UNANSWERED_CONNECT, time_budget / 2):
-            self.breaker.failed(attempt.connecting, f"no connection within {connecting_for:.1f} s")
+            cause = deadline_passed(round(connecting_for, 1), attempt.connecting, connecting=True, answered=False)
+            self.breaker.failed(attempt.connecting, cause)
 
     def _log_retry(self, attempt: int, error: RemoteError, delay: float) -> None:
         level = logging.DEBUG if attempt == 1 else logging.INFO if attempt < 4 else logging.WARNING
@@ -318,7 +325,7 @@ class RemoteClient:
             raise
         except httpx.TimeoutException as error:
             self.stats.errors += 1
-            raise RemoteUnreachable(url, f"timed out ({type(error).__name__})") from None
+            raise RemoteUnreachable(url, self._explained(url, error)) from None
         except httpx.RemoteProtocolError as error:
             self.stats.errors += 1
             raise InvalidResponse(url, f"protocol error: {error}", transient=True) from None
@@ -328,13 +335,21 @@ class RemoteClient:
             raise InvalidResponse(url, f"cannot send the request: {type(error).__name__}: {error}") from None
         except httpx.HTTPError as error:
             self.stats.errors += 1
-            raise RemoteUnreachable(url, describe(error)) from None
+            raise RemoteUnreachable(url, self._explained(url, error)) from None
         except Exception as error:
             # Untrusted input (a URL, a Location or header value, a codec) made httpx, h11 or our parsing raise
             # something else: one bad answer fails its request, never the mount.
             self.stats.errors += 1
             log.debug("unexpected error talking to %s", url, exc_info=True)
             raise InvalidResponse(url, f"unexpected {type(error).__name__}: {error}") from None
+
+    def _explained(self, url: str, error: httpx.HTTPError) -> str:
+        # The host the failed request went to: after a redirect, not the configured URL's.
+        try:
+            target = error.request.url
+        except RuntimeError:  # raised without its request (a transport of our own, in tests)
+            target = httpx.URL(url)
+        return self._sender.describe(error, origin_of(target))
 
 
 def _status_error(url: str, response: httpx.Response) -> RemoteStatusError:

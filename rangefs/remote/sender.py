@@ -24,6 +24,7 @@ import trio
 
 from rangefs.errors import InvalidResponse, RemoteUnreachable
 from rangefs.remote.breaker import Admission, HostBreaker
+from rangefs.remote.diagnosis import explain
 from rangefs.remote.headers import parse_digits
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ _CONNECT_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)
 _DRAIN_LIMIT = 64 * 1024
 # httpcore trace events (named after its loggers) that are only sent over an established connection.
 _CONNECTED_EVENTS = ("http11.", "http2.")
+# Why a request of an offline Sender fails.
+OFFLINE_CAUSE = "not in the cache, and --offline sends no request"
 
 
 @dataclass
@@ -54,14 +57,19 @@ class Attempt:
     connecting_since: float = 0.0
     # The attempt failed because a host is known down (refused by, or just tripped, its breaker).
     host_down: bool = False
+    # Origin of the last request sent, and whether its answer's headers arrived (for a deadline's message).
+    host: str | None = None
+    answered: bool = False
 
 
 class Sender:
-    """Sends requests over ``client`` (which must not follow redirects itself) through ``breaker``."""
+    """Sends requests over ``client`` (which must not follow redirects itself) through ``breaker``; an
+    ``offline`` Sender sends nothing and fails every request at once."""
 
-    def __init__(self, client: httpx.AsyncClient, breaker: HostBreaker) -> None:
+    def __init__(self, client: httpx.AsyncClient, breaker: HostBreaker, *, offline: bool = False) -> None:
         self._client = client
         self.breaker = breaker
+        self.offline = offline
         # Configured URL -> where it last redirected to, while that keeps answering.
         self._redirected: dict[str, httpx.URL] = {}
 
@@ -106,12 +114,16 @@ class Sender:
 
     async def _send(self, url: str, request: httpx.Request, attempt: Attempt) -> httpx.Response:
         """Send one request (no redirects) through the breaker of the host it goes to."""
+        if self.offline:
+            attempt.host_down = True  # nothing to retry: no attempt will ever be sent
+            raise RemoteUnreachable(url, OFFLINE_CAUSE)
         host = origin_of(request.url)
         admission = self.breaker.admit(host)
         if admission is Admission.REFUSED:
             attempt.host_down = True
             raise RemoteUnreachable(url, self.breaker.refusal(host))
         attempt.connecting, attempt.connecting_since = host, trio.current_time()
+        attempt.host, attempt.answered = host, False
 
         async def trace(event: str, info: Mapping[str, object]) -> None:
             if attempt.connecting == host and event.startswith(_CONNECTED_EVENTS):
@@ -122,7 +134,7 @@ class Sender:
             response = await self._client.send(request, stream=True)
         except _CONNECT_FAILURES as error:
             attempt.connecting, attempt.host_down = None, True
-            self.breaker.failed(host, describe(error))
+            self.breaker.failed(host, self.describe(error, host))
             raise
         except Exception:
             self._connected(attempt)  # failed after connecting (read timeout, reset, ...): the host is up
@@ -132,7 +144,12 @@ class Sender:
             self.breaker.abandoned(host, admission)
             raise
         self._connected(attempt)
+        attempt.answered = True
         return response
+
+    def describe(self, error: Exception, host: str) -> str:
+        """What ``error``, raised talking to origin ``host``, means and what to do about it."""
+        return explain(error, host, self._client.timeout)
 
     def _connected(self, attempt: Attempt) -> None:
         if attempt.connecting is not None:
@@ -163,10 +180,6 @@ def origin_of(url: httpx.URL) -> str:
     # The port made explicit, so http://h/ and http://h:80/ are one host for limits and the breaker.
     port = url.port or {"http": 80, "https": 443}.get(url.scheme, 0)
     return f"{url.scheme}://{url.host}:{port}"
-
-
-def describe(error: Exception) -> str:
-    return f"{type(error).__name__}: {error or 'connection failed'}"
 
 
 def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
