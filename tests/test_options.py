@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+import certifi
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -71,7 +72,7 @@ _settings = st.builds(
     timeout=st.floats(0.1, 1000, allow_nan=False),
     connect_timeout=st.floats(0.1, 100),
     read_timeout=st.floats(0.1, 100),
-    ca_bundle=st.none() | st.just(Path("/etc/ssl/private ca.pem")),
+    ca_bundle=st.none() | st.just(Path(certifi.where())),
     http2=st.booleans(),
     connections=st.integers(1, 64),
     max_readahead=st.integers(1, 2**30),
@@ -102,3 +103,12 @@ def test_the_readme_table_lists_every_option_with_its_default() -> None:
         default = getattr(MountSettings(), setting.name)
         if not spec.flag and default is not None and spec.default_text is None:
             assert f"default `{spec.show(default)}`" in rows[name], rows[name]
+
+
+def test_a_ca_bundle_that_cannot_be_used_is_refused_at_once(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no such file"):
+        _parse("--ca-bundle", str(tmp_path / "missing.pem"))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(UsageError, match="cannot be used as a PEM CA bundle"):
+        _parse("--ca-bundle", str(garbage))

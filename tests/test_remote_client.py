@@ -23,7 +23,7 @@ from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteSt
 from rangefs.ranges import ByteRange
 from rangefs.remote import RemoteClient, RemoteMetadata
 from rangefs.remote.retry import RetryPolicy
-from rangefs.remote.transport import LargeReadBackend, build_transport
+from rangefs.remote.transport import LargeReadBackend, build_transport, tls_context
 from tests import faults
 from tests.origin import Origin as LoopbackOrigin
 
@@ -575,7 +575,7 @@ def test_connections_read_the_socket_in_large_pieces_without_patching_httpcore()
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    transport = build_transport(verify=True, http2=False, limits=httpx.Limits())
+    transport = build_transport(verify=tls_context(None), http2=False, limits=httpx.Limits())
     assert transport is not None
     assert isinstance(transport._pool._network_backend, LargeReadBackend)  # type: ignore[attr-defined]
     assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == 64 * 1024

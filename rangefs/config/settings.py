@@ -9,6 +9,7 @@ them (stack.py): adding a knob is one field here.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,16 @@ def default_cache_dir() -> Path:
 def default_log_file() -> Path:
     """Where a background mount logs when no ``--log-file`` is given."""
     return Path(platformdirs.user_log_dir("rangefs", appauthor=False)) / "rangefs.log"
+
+
+def _check_ca_bundle(path: Path) -> None:
+    """A bundle that cannot be used is a usage error now, not a failure of every request later."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise UsageError(f"--ca-bundle {path}: no such file") from None
+    except (OSError, ssl.SSLError) as error:
+        raise UsageError(f"--ca-bundle {path} cannot be used as a PEM CA bundle: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -200,6 +211,8 @@ class MountSettings:
         self.read_timeout = min(self.read_timeout, self.timeout)
         if self.connections < 1:
             raise UsageError("--connections must be at least 1")
+        if self.ca_bundle is not None:
+            _check_ca_bundle(self.ca_bundle)
         if self.max_inflight < self.block_size:
             raise UsageError("--max-inflight must be at least one block")
         for name in ("metadata_ttl", "revalidate_after"):

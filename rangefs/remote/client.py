@@ -31,7 +31,7 @@ from rangefs.remote.limits import HostLimits
 from rangefs.remote.metadata import RemoteMetadata
 from rangefs.remote.retry import THROTTLE_STATUSES, RetryPolicy, is_transient, parse_retry_after
 from rangefs.remote.sender import Attempt, Headers, Sender, origin_of
-from rangefs.remote.transport import build_transport
+from rangefs.remote.transport import build_transport, tls_context
 from rangefs.remote.validate import (
     check_range_response,
     parse_content_range,
@@ -94,7 +94,7 @@ class RemoteClient:
         limits = httpx.Limits(
             max_connections=None, max_keepalive_connections=4 * settings.connections, keepalive_expiry=60.0
         )
-        verify = str(settings.ca_bundle) if settings.ca_bundle else True
+        verify = tls_context(settings.ca_bundle)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=settings.connect_timeout, read=timeout, write=timeout, pool=None),
             limits=limits,

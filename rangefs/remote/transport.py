@@ -12,6 +12,7 @@ import ssl
 import time
 import typing
 import urllib.request
+from pathlib import Path
 
 import httpcore
 import httpx
@@ -87,17 +88,23 @@ class LargeReadBackend(httpcore.AsyncNetworkBackend):
         await self._backend.sleep(seconds)
 
 
-def build_transport(*, verify: str | bool, http2: bool, limits: httpx.Limits) -> httpx.AsyncHTTPTransport | None:
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """How servers are verified: against the system's CAs (httpx's default), or only a given bundle."""
+    if ca_bundle is None:
+        return httpx.create_ssl_context()
+    return ssl.create_default_context(cafile=str(ca_bundle))
+
+
+def build_transport(*, verify: ssl.SSLContext, http2: bool, limits: httpx.Limits) -> httpx.AsyncHTTPTransport | None:
     """httpx's transport with a pool over LargeReadBackend, or None (httpx builds its own) when the
     environment names a proxy: httpx honours proxy variables only for transports it builds itself."""
     if any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies()):
         return None
-    ssl_context = httpx.create_ssl_context(verify=verify)
-    transport = httpx.AsyncHTTPTransport(verify=ssl_context, http2=http2, limits=limits)
+    transport = httpx.AsyncHTTPTransport(verify=verify, http2=http2, limits=limits)
     # httpx takes no network backend; its pool is rebuilt with the same settings and ours (the one private
     # name this module relies on; tests/test_remote_client.py checks the large reads happen).
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context,
+        ssl_context=verify,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
