@@ -46,7 +46,7 @@ from rangefs.readahead import AccessPattern, ReadaheadConfig
 from rangefs.readahead.formats import planner_for
 from rangefs.readahead.pattern import Prefetch
 from rangefs.readahead.prefetcher import Prefetcher
-from rangefs.remote import RemoteClient, RemoteMetadata
+from rangefs.remote import Credentials, RemoteClient, RemoteMetadata
 from rangefs.remote.retry import is_transient
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class RemoteVersion:
     def __init__(self, client: RemoteClient, metadata: RemoteMetadata, file: RemoteFile, engine: FileEngine):
         self.metadata = metadata
         self._client = client
-        self._headers = file.entry.headers
+        self._credentials = file.credentials
         self._file = file
         self._engine = engine
         self.object_id = metadata.object_id
@@ -82,7 +82,7 @@ class RemoteVersion:
         )
 
     def stream(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self._client.stream_whole(self.metadata, self._headers)
+        return self._client.stream_whole(self.metadata, self._credentials)
 
     def describe(self) -> dict[str, object]:
         meta = self.metadata
@@ -92,7 +92,7 @@ class RemoteVersion:
         self._engine.ranges_unsupported(self._file)
 
     async def fetch_into(self, wanted: ByteRange, sink: Callable[[bytes], None], *, demand: bool) -> None:
-        await self._client.fetch_into(self.metadata, wanted, sink, self._headers, demand=demand)
+        await self._client.fetch_into(self.metadata, wanted, sink, self._credentials, demand=demand)
 
 
 class RemoteFile:
@@ -101,6 +101,10 @@ class RemoteFile:
     def __init__(self, entry: Entry, index: int) -> None:
         self.entry = entry
         self.index = index
+        # Shared by every request for the entry, so a refresh of its commands serves all of them.
+        self.credentials = Credentials(
+            entry.url, entry.headers, header_command=entry.header_command, url_command=entry.url_command
+        )
         self.metadata: RemoteMetadata | None = None  # the version last seen (kept when a later probe failed)
         self.failure: RemoteError | None = None  # why the last probe failed: opens fail with it
         self.stale = False  # a read saw the file change: probe again before the next open
@@ -293,7 +297,7 @@ class FileEngine:
         """Probe, and record what was learnt (or what failed) in ``file``; never raises a RangefsError."""
         try:
             async with self._probe_limiter:
-                metadata = await self.client.probe(file.url, file.entry.headers)
+                metadata = await self.client.probe(file.url, file.credentials)
             expected = file.entry.expected_size
             if expected is not None and metadata.size != expected:
                 raise RemoteChanged(file.url, f"size is {metadata.size} bytes, the urls file says {expected}")

@@ -12,7 +12,8 @@
         ├── RemoteStatusError the server answered with an unexpected status (404, 500, ...)
         ├── InvalidResponse   the answer broke the range protocol (wrong Content-Range, short body, ...)
         │   └── RangesUnsupported  the server sent the whole file to a range request
-        └── RemoteChanged     the file changed on the server (validator differs, 200 to If-Range)
+        ├── RemoteChanged     the file changed on the server (validator differs, 200 to If-Range)
+        └── CredentialError   a credentials command failed, or the server refused what it just gave
 
 Only ``fuse_ops`` maps these to errno values and only ``cli`` maps them to exit codes.
 """
@@ -88,3 +89,9 @@ class RangesUnsupported(InvalidResponse):
 
 class RemoteChanged(RemoteError):
     """The remote file is no longer the version whose bytes we hold."""
+
+
+class CredentialError(RemoteError):
+    """A ``header-command``/``url-command`` failed or gave something unusable, or the server answered 401/403
+    to the credentials it had just produced; the cause names the command and its ``FILE:LINE``. Never
+    EACCES: refreshing did not help, so the reader gets EIO and the log says why."""

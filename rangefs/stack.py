@@ -8,6 +8,7 @@ through this context manager: leaving it cancels every fetch and closes the conn
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,7 @@ from rangefs.engine import FileEngine
 from rangefs.readahead import ReadaheadConfig
 from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient
+from rangefs.remote.netrc import netrc_auth
 
 # Seconds a closing engine waits for fetches under way and their cache writes (a demand read, a stream).
 _SETTLE_TIMEOUT = 3.0
@@ -32,7 +34,9 @@ async def running_engine(
     """A FileEngine over ``entries`` whose service tasks (fetches, prefetches, cache writes) run until exit.
 
     Probes are not started: the caller starts ``engine.run_probes`` when it wants them."""
-    async with client or RemoteClient(settings) as remote, trio.open_nursery() as nursery:
+    # netrc is read here, once per engine: every face of rangefs (mount, library, get) gets it.
+    remote_client = client or RemoteClient(settings, auth=netrc_auth(os.environ))
+    async with remote_client as remote, trio.open_nursery() as nursery:
         store = BlockStore(
             cache,
             block_size=settings.block_size,

@@ -6,6 +6,10 @@ Format (one entry per line, ``#`` starts a comment)::
     videos/talk.mp4 https://example.org/v?id=7    # explicit path, creates the directory videos/
         header = Authorization: Bearer ${TOKEN}   # indented lines are options of the entry above
         size = 104857600                          # expected size in bytes
+    private.bin https://example.org/private.bin
+        header-command = vault read -field=header secret/origin   # prints 'Name: value', run again on 401/403
+    big.tar https://bucket.s3.amazonaws.com/big.tar
+        url-command = aws s3 presign s3://bucket/big.tar          # prints a signed URL, run again before it expires
 
 Every problem is collected, not just the first, and reported as ``FILE:LINE: message`` so a user can fix the
 whole file in one pass. ``${NAME}`` is expanded from the environment so secrets stay out of the file.
@@ -31,14 +35,33 @@ _UNSAFE_COMPONENTS = frozenset({"", ".", ".."})
 
 
 @dataclass(frozen=True)
+class Command:
+    """A shell command of an entry (``header-command``, ``url-command``) and where the urls file gives it."""
+
+    text: str
+    source: str  # FILE:LINE, for every error the command causes
+
+
+@dataclass(frozen=True)
 class Entry:
-    """One remote file: where it appears in the mount and how to fetch it."""
+    """One remote file: where it appears in the mount and how to fetch it.
+
+    ``url`` names the file (its default name, and part of its cache identity); with a ``url_command`` the
+    requests go to the URL the command prints instead, so re-signing a URL keeps the cached blocks."""
 
     path: PurePosixPath
     url: str
     line: int
     headers: tuple[tuple[str, str], ...] = ()
     expected_size: int | None = None
+    header_command: Command | None = None
+    url_command: Command | None = None
+
+    def definition(self) -> tuple[object, ...]:
+        """Everything that decides what the entry serves, without where it is written: a reload keeps an
+        entry whose definition is unchanged, even if lines above it moved it."""
+        commands = tuple(command and command.text for command in (self.header_command, self.url_command))
+        return (self.path, self.url, self.headers, self.expected_size, commands)
 
 
 @dataclass
@@ -48,9 +71,19 @@ class _Draft:
     line: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     expected_size: int | None = None
+    header_command: Command | None = None
+    url_command: Command | None = None
 
     def freeze(self) -> Entry:
-        return Entry(self.path, self.url, self.line, tuple(self.headers), self.expected_size)
+        return Entry(
+            self.path,
+            self.url,
+            self.line,
+            tuple(self.headers),
+            self.expected_size,
+            self.header_command,
+            self.url_command,
+        )
 
 
 def read_urls_file(path: str | Path, environ: Mapping[str, str]) -> list[Entry]:
@@ -78,7 +111,7 @@ def parse_urls(text: str, filename: str, environ: Mapping[str, str]) -> list[Ent
             if current is None:
                 problems.append(f"{where}: indented option without an entry above it")
             elif current_ok:
-                problem = _apply_option(current, line.strip(), environ)
+                problem = _apply_option(current, line.strip(), environ, where)
                 if problem:
                     problems.append(f"{where}: {problem}")
             continue
@@ -165,31 +198,56 @@ def _safe_path(text: str) -> tuple[PurePosixPath | None, str | None]:
     return PurePosixPath(text), None
 
 
-def _apply_option(draft: _Draft, text: str, environ: Mapping[str, str]) -> str | None:
+def _apply_option(draft: _Draft, text: str, environ: Mapping[str, str], where: str) -> str | None:
     key, sep, value = text.partition("=")
     key, value = key.strip(), value.strip()
     if not sep:
         return f"expected 'option = value' under the entry, got {text!r}"
+    if key in _COMMAND_OPTIONS:
+        # Not expanded here: the shell expands $NAME itself, at each run, and a secret stays out of `ps`.
+        return _set_command(draft, key, value, where)
     value, problem = _expand(value, environ)
     if problem:
         return problem
     if key == "header":
-        name, colon, header_value = value.partition(":")
-        name, header_value = name.strip(), header_value.strip()
-        if not colon or not _HEADER_NAME.match(name):
-            return f"expected 'header = Name: value', got {text!r}"
-        if name.lower() in RESERVED_HEADERS:
-            return f"header {name!r} is set by rangefs itself and cannot be configured"
-        if "\r" in header_value or "\n" in header_value:
-            return f"header {name!r} value contains a line break"
-        draft.headers.append((name, header_value))
+        header, problem = parse_header(value)
+        if header is None:
+            return f"expected 'header = Name: value', got {text!r}" if problem == _NOT_A_HEADER else problem
+        draft.headers.append(header)
         return None
     if key == "size":
         if not value.isdigit():
             return f"size must be a whole number of bytes, got {value!r}"
         draft.expected_size = int(value)
         return None
-    return f"unknown option {key!r}; known options: header, size"
+    return f"unknown option {key!r}; known options: header, header-command, size, url-command"
+
+
+_COMMAND_OPTIONS = ("header-command", "url-command")
+_NOT_A_HEADER = "expected 'Name: value'"
+
+
+def _set_command(draft: _Draft, key: str, value: str, where: str) -> str | None:
+    if not value:
+        return f"{key} needs a shell command, e.g. '{key} = cat /run/secrets/token'"
+    attribute = key.replace("-", "_")
+    if getattr(draft, attribute) is not None:
+        return f"{key} given twice for '{draft.path}'"
+    setattr(draft, attribute, Command(value, where))
+    return None
+
+
+def parse_header(text: str) -> tuple[tuple[str, str] | None, str | None]:
+    """``Name: value`` as a header rangefs may send (a header option, or a header-command's output)."""
+    name, colon, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not _HEADER_NAME.match(name):
+        return None, _NOT_A_HEADER
+    if name.lower() in RESERVED_HEADERS:
+        return None, f"header {name!r} is set by rangefs itself and cannot be configured"
+    if "\r" in value or "\n" in value:
+        return None, f"header {name!r} value contains a line break"
+    return (name, value), None
 
 
 def _expand(value: str, environ: Mapping[str, str]) -> tuple[str, str | None]:

@@ -2,6 +2,7 @@
 
 from rangefs.remote.breaker import HostBreaker
 from rangefs.remote.client import ClientStatistics, RemoteClient
+from rangefs.remote.credentials import Credentials
 from rangefs.remote.metadata import RemoteMetadata
 
-__all__ = ["ClientStatistics", "HostBreaker", "RemoteClient", "RemoteMetadata"]
+__all__ = ["ClientStatistics", "Credentials", "HostBreaker", "RemoteClient", "RemoteMetadata"]

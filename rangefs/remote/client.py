@@ -21,10 +21,18 @@ import httpx
 import trio
 
 from rangefs.config import MountSettings
-from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteStatusError, RemoteUnreachable
+from rangefs.errors import (
+    CredentialError,
+    InvalidResponse,
+    RemoteChanged,
+    RemoteError,
+    RemoteStatusError,
+    RemoteUnreachable,
+)
 from rangefs.logthrottle import LogThrottle
 from rangefs.ranges import ByteRange
 from rangefs.remote.breaker import HostBreaker
+from rangefs.remote.credentials import Credentials, Grant
 from rangefs.remote.diagnosis import deadline_passed
 from rangefs.remote.headers import parse_digits
 from rangefs.remote.limits import HostLimits
@@ -42,6 +50,11 @@ from rangefs.remote.validate import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# What a request of an entry carries: fixed headers, or Credentials that commands refresh.
+Access = Headers | Credentials
+# Answers that say the credentials are refused: refreshable ones are renewed once per operation.
+_REFUSED = frozenset({401, 403})
 
 # Seconds a probe may take, retries included: probes stand between `ls` and its answer, so a dead host must
 # not hold a listing up for the whole read timeout.
@@ -83,6 +96,7 @@ class RemoteClient:
         retry: RetryPolicy | None = None,
         breaker: HostBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        auth: httpx.Auth | None = None,
     ) -> None:
         """A client with the timeouts, connection limits and TLS of ``settings`` (a mount's defaults if None);
         ``transport`` replaces the network (tests)."""
@@ -104,6 +118,7 @@ class RemoteClient:
             http2=settings.http2,
             transport=transport or build_transport(verify=verify, http2=settings.http2, limits=limits),
             trust_env=True,
+            auth=auth,
         )
         self.total_timeout = settings.timeout
         self.retry = retry or RetryPolicy()
@@ -131,19 +146,22 @@ class RemoteClient:
         self.stats.hosts_down, self.stats.requests_refused = breaker.hosts_down, breaker.refused
         return self.stats
 
-    async def probe(self, url: str, headers: Headers = ()) -> RemoteMetadata:
+    async def probe(self, url: str, access: Access = ()) -> RemoteMetadata:
         """Size and validator of ``url``: HEAD first, a one-byte ranged GET when HEAD says too little."""
         timeout = min(self.total_timeout, _PROBE_TIMEOUT)
+        credentials = _credentials(url, access)
         # The deadline starts once a connection is ours: probes queued behind a slow host must not expire.
         async with self.limits.probe_limiter(self._origin(url)):
-            return await self._with_retries(url, lambda attempt: self._probe_once(url, headers, attempt), timeout)
+            return await self._with_retries(
+                url, lambda attempt, grant: self._probe_once(url, grant, attempt), timeout, credentials
+            )
 
     async def fetch(
-        self, metadata: RemoteMetadata, wanted: ByteRange, headers: Headers = (), *, demand: bool = True
+        self, metadata: RemoteMetadata, wanted: ByteRange, access: Access = (), *, demand: bool = True
     ) -> bytes:
         """Exactly the ``wanted`` bytes of the version ``metadata`` describes, or a RemoteError."""
         chunks: list[bytes] = []
-        await self.fetch_into(metadata, wanted, chunks.append, headers, demand=demand)
+        await self.fetch_into(metadata, wanted, chunks.append, access, demand=demand)
         # One copy from the socket reads into the result (a preallocated buffer would cost two passes).
         return b"".join(chunks)
 
@@ -152,7 +170,7 @@ class RemoteClient:
         metadata: RemoteMetadata,
         wanted: ByteRange,
         sink: Callable[[bytes], None],
-        headers: Headers = (),
+        access: Access = (),
         *,
         demand: bool = True,
     ) -> None:
@@ -165,23 +183,25 @@ class RemoteClient:
         origin = self._origin(metadata.url)
         progress = _Progress(sink)
 
-        async def fetch_once(attempt: Attempt) -> None:
+        async def fetch_once(attempt: Attempt, grant: Grant) -> None:
             async with self.limits.limiter(origin, demand=demand):
-                await self._fetch_into(metadata, wanted, progress, headers, attempt)
+                await self._fetch_into(metadata, wanted, progress, grant, attempt)
 
-        await self._with_retries(metadata.url, fetch_once, self.total_timeout)
+        credentials = _credentials(metadata.url, access)
+        await self._with_retries(metadata.url, fetch_once, self.total_timeout, credentials)
 
     @asynccontextmanager
-    async def stream_whole(
-        self, metadata: RemoteMetadata, headers: Headers = ()
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """The whole file, in order, for servers that ignore Range; checked to be the version expected."""
+    async def stream_whole(self, metadata: RemoteMetadata, access: Access = ()) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The whole file, in order, for servers that ignore Range; checked to be the version expected.
+        Not retried, so credentials are not renewed on a refusal here (only ahead of their expiry)."""
         url = metadata.url
+        grant = await _credentials(url, access).grant()
         self.stats.requests += 1
         async with AsyncExitStack() as stack:
             # Translation covers the request and each chunk, not the caller's body (its errors are its own).
             with self._translated(url):
-                response = await stack.enter_async_context(self._sender.request("GET", url, headers, Attempt()))
+                request = self._sender.request("GET", grant.url, grant.headers, Attempt())
+                response = await stack.enter_async_context(request)
                 if response.status_code != 200:
                     raise _status_error(url, response)
                 encoding = response.headers.get("content-encoding", "identity").strip().lower()
@@ -203,14 +223,26 @@ class RemoteClient:
                 self.stats.bytes_fetched += len(chunk)
                 yield chunk
 
-    async def _with_retries(self, url: str, operation: Callable[[Attempt], Awaitable[T]], time_budget: float) -> T:
+    async def _with_retries(
+        self,
+        url: str,
+        operation: Callable[[Attempt, Grant], Awaitable[T]],
+        time_budget: float,
+        credentials: Credentials,
+    ) -> T:
+        """Run ``operation`` until it succeeds, retrying what is transient within ``time_budget`` seconds.
+
+        Credentials refused by the server (401/403) are renewed once and the operation tried again at once;
+        running the commands does not count against the budget (they have their own timeout)."""
         origin = self._origin(url)
+        grant = await credentials.grant()
+        renewed = False
         deadline = trio.current_time() + time_budget
         for number in itertools.count(1):
             attempt = Attempt()
             try:
                 with trio.fail_after(max(0.0, deadline - trio.current_time())):
-                    result = await operation(attempt)
+                    result = await operation(attempt, grant)
             except trio.TooSlowError:
                 self._note_unfinished_connect(attempt, time_budget)
                 cause = deadline_passed(
@@ -218,6 +250,15 @@ class RemoteClient:
                 )
                 raise RemoteUnreachable(url, cause) from None
             except RemoteError as error:
+                if isinstance(error, RemoteStatusError) and error.status in _REFUSED and credentials.refreshable:
+                    if renewed:
+                        raise CredentialError(
+                            url, f"HTTP status {error.status} to fresh credentials from {credentials.describe()}"
+                        ) from None
+                    log.info("%s answered %d; renewing its credentials", url, error.status)
+                    grant, renewed = await credentials.renew(grant), True
+                    deadline = trio.current_time() + time_budget
+                    continue
                 if isinstance(error, RemoteStatusError) and error.status in THROTTLE_STATUSES:
                     self.limits.throttled(origin)
                     self.stats.throttled += 1
@@ -252,18 +293,20 @@ class RemoteClient:
                 return
         log.log(level, "%s (attempt %d); retrying in %.2f s", error, attempt, delay)
 
-    async def _probe_once(self, url: str, headers: Headers, attempt: Attempt) -> RemoteMetadata:
+    async def _probe_once(self, url: str, grant: Grant, attempt: Attempt) -> RemoteMetadata:
+        """One attempt; requests go where ``grant`` says, what they learn is of ``url``."""
         with self._translated(url):
-            async with self._sender.request("HEAD", url, headers, attempt) as response:
+            async with self._sender.request("HEAD", grant.url, grant.headers, attempt) as response:
                 length = _content_length(response)
                 if response.status_code == 200 and length is not None:
                     return _metadata_from(url, response, length)
                 if response.status_code not in (200, 400, 403, 405, 501):
                     raise _status_error(url, response)
-            return await self._probe_with_get(url, headers, attempt)
+            return await self._probe_with_get(url, grant, attempt)
 
-    async def _probe_with_get(self, url: str, headers: Headers, attempt: Attempt) -> RemoteMetadata:
-        async with self._sender.request("GET", url, headers, attempt, {"Range": "bytes=0-0"}) as response:
+    async def _probe_with_get(self, url: str, grant: Grant, attempt: Attempt) -> RemoteMetadata:
+        request = self._sender.request("GET", grant.url, grant.headers, attempt, {"Range": "bytes=0-0"})
+        async with request as response:
             status = response.status_code
             if status == 206:
                 try:
@@ -284,7 +327,7 @@ class RemoteClient:
             raise _status_error(url, response)
 
     async def _fetch_into(
-        self, metadata: RemoteMetadata, wanted: ByteRange, progress: _Progress, headers: Headers, attempt: Attempt
+        self, metadata: RemoteMetadata, wanted: ByteRange, progress: _Progress, grant: Grant, attempt: Attempt
     ) -> None:
         """One attempt: fetch what ``progress`` says is still missing of ``wanted`` into ``progress``."""
         url = metadata.url
@@ -294,7 +337,7 @@ class RemoteClient:
             extra["If-Range"] = metadata.if_range
         self.stats.requests += 1
         with self._translated(url):
-            async with self._sender.request("GET", url, headers, attempt, extra) as response:
+            async with self._sender.request("GET", grant.url, grant.headers, attempt, extra) as response:
                 if response.status_code >= 400:
                     raise _status_error(url, response)
                 check_range_response(url, response.status_code, response.headers, wanted=missing, metadata=metadata)
@@ -350,6 +393,10 @@ class RemoteClient:
         except RuntimeError:  # raised without its request (a transport of our own, in tests)
             target = httpx.URL(url)
         return self._sender.describe(error, origin_of(target))
+
+
+def _credentials(url: str, access: Access) -> Credentials:
+    return access if isinstance(access, Credentials) else Credentials(url, access)
 
 
 def _status_error(url: str, response: httpx.Response) -> RemoteStatusError:
