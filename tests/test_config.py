@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rangefs.config import parse_size, parse_urls
+from rangefs.config import Command, parse_size, parse_urls
 from rangefs.errors import ConfigError, UsageError
 
 
@@ -59,10 +59,24 @@ def test_names_paths_options_and_comments() -> None:
         ("https://h/x\nhttps://g/x\n", "u.txt:2: duplicate path 'x' (first used on line 1)"),
         ("d https://h/x\nd/e https://h/y\n", "u.txt:2: 'd/e' needs 'd' to be a directory, but line 1"),
         ("# only comments\n\n", "u.txt: no URLs found"),
+        ("https://h/x\n  header-command =\n", "u.txt:2: header-command needs a shell command"),
+        ("https://h/x\n  url-command = a\n  url-command = b\n", "u.txt:3: url-command given twice"),
     ],
 )
 def test_each_mistake_is_reported_with_its_line(text: str, expected: str) -> None:
     assert any(problem.startswith(expected) for problem in problems(text)), problems(text)
+
+
+def test_commands_keep_their_place_and_are_not_expanded() -> None:
+    (entry,) = parse_urls(
+        "https://h/x\n  header-command = vault read ${PATH_TO}\n  url-command = sign x\n", "u.txt", {}
+    )
+    assert entry.header_command == Command("vault read ${PATH_TO}", "u.txt:2")
+    assert entry.url_command == Command("sign x", "u.txt:3")
+    moved = parse_urls(
+        "\n\nhttps://h/x\n  header-command = vault read ${PATH_TO}\n  url-command = sign x\n", "u.txt", {}
+    )
+    assert moved[0].definition() == entry.definition() and moved[0].line != entry.line
 
 
 def test_all_problems_are_reported_at_once() -> None:
