@@ -29,12 +29,16 @@ from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings, options, parse_size, read_urls_file
 from rangefs.config.settings import default_log_file
 from rangefs.download import command as download_command
-from rangefs.errors import MountError, UsageError
+from rangefs.errors import ConfigError, MountError, UsageError
 
 log = logging.getLogger("rangefs")
 
 # How long a background mount may take to become live before the parent gives up on it (seconds).
 _READY_TIMEOUT = 60.0
+# How long `rangefs reload` waits for the daemon to finish rereading its urls file (seconds): reading and
+# checking 10,000 entries takes well under one.
+_RELOAD_TIMEOUT = 30.0
+_RELOAD_POLL_INTERVAL = 0.02
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--pid-file", type=Path, help="write the daemon's process id to this file")
     _add_logging_options(mount)
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    reload = commands.add_parser("reload", help="reread a mount's urls file without unmounting (as SIGHUP)")
+    reload.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
 
     stats = commands.add_parser("stats", help="show a mount's live statistics")
     stats.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
@@ -98,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _mount(args)
         if args.command == "stats":
             return _stats(args)
+        if args.command == "reload":
+            return _reload(args)
         if args.command == "cache":
             return _cache(args)
         if args.command == "get":
@@ -163,8 +172,9 @@ def _mount(args: argparse.Namespace) -> int:
     _setup_logging(args, args.log_file)
     if args.pid_file:
         args.pid_file.write_text(f"{os.getpid()}\n")
-    # While mounted, mount.serve turns these signals into a clean unmount. Outside it (trio's start-up and
-    # shut-down, removing the pid file) one must not kill the process half-way: ignore them there.
+    # While mounted, mount.serve turns SIGINT and SIGTERM into a clean unmount and SIGHUP into a reload. Outside
+    # it (trio's start-up and shut-down, removing the pid file) one must not kill the process half-way: ignore
+    # them there.
     stopping_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stopping_signals}
     try:
@@ -185,7 +195,8 @@ async def _serve_and_report(entries: list[Entry], args: argparse.Namespace, sett
     from rangefs import mount
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(mount.serve, entries, args.mountpoint.absolute(), settings)
+        urls_file = args.urls_file.absolute()
+        await nursery.start(partial(mount.serve, urls_file=urls_file), entries, args.mountpoint.absolute(), settings)
         _report_to_parent(args.ready_fd, "ready")
 
 
@@ -271,6 +282,42 @@ def _stats(args: argparse.Namespace) -> int:
                 print(f"  {key:<20} {value:>16,}" if isinstance(value, int) else f"  {key:<20} {value!s:>16}")
         else:
             print(f"{section:<22} {values:>16,}")
+    return 0
+
+
+def _reload_status(mountpoint: Path) -> dict[str, object]:
+    try:
+        return dict(json.loads(os.getxattr(mountpoint, "user.rangefs.reload")))
+    except OSError as error:
+        raise UsageError(f"{mountpoint} is not a running rangefs mount ({error.strerror})") from None
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """SIGHUP to the mount's daemon, then wait for the outcome of a reload that started after it."""
+    pid = _reload_status(args.mountpoint)["pid"]
+    assert isinstance(pid, int)
+    asked_at = time.time()  # the daemon's reload takes its start time after the signal arrives
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as error:
+        raise MountError(
+            f"cannot signal the rangefs daemon (pid {pid}) of {args.mountpoint}: {error.strerror}"
+        ) from None
+    deadline = time.monotonic() + _RELOAD_TIMEOUT
+    while True:
+        status = _reload_status(args.mountpoint)
+        started_at = status.get("started_at")
+        if isinstance(started_at, float | int) and started_at >= asked_at:
+            break
+        if time.monotonic() > deadline:
+            raise MountError(f"the daemon of {args.mountpoint} did not reload within {_RELOAD_TIMEOUT:.0f} s")
+        time.sleep(_RELOAD_POLL_INTERVAL)
+    problems = status.get("problems")
+    if not status.get("ok"):
+        assert isinstance(problems, list)
+        raise ConfigError([*map(str, problems), "nothing changed: the mount keeps the files it had"])
+    counts = ", ".join(f"{status.get(what, 0)} {what}" for what in ("added", "removed", "changed"))
+    print(f"reloaded: {counts}")
     return 0
 
 

@@ -21,6 +21,9 @@ bytes of that version or an error, never a mix of two versions.
 Offline (``offline=True``, the mount's ``--offline``) nothing is probed or revalidated: every stored probe result
 serves, whatever its age, and a file without one fails. The client sends no request either, so only cached bytes
 can be read. A mount with its origin down behaves the same from its first failed probe on, without the flag.
+
+Files come and go at run time (``add_entry``, ``retire``: a reload of the urls file). File indices are never
+reused; a retired file stays known (``known``) while handles are open on it, and those go on reading.
 """
 
 from __future__ import annotations
@@ -157,7 +160,10 @@ class FileEngine:
         offline: bool = False,
         on_metadata_changed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
-        self.files = [RemoteFile(entry, index) for index, entry in enumerate(entries)]
+        # Index -> file, for the files being served; retired ones stay in _retired while handles use them.
+        self.files = {index: RemoteFile(entry, index) for index, entry in enumerate(entries)}
+        self._retired: dict[int, RemoteFile] = {}
+        self._next_index = len(entries)
         self.client = client
         self.store = store
         self.prefetcher = prefetcher
@@ -175,12 +181,15 @@ class FileEngine:
     def __repr__(self) -> str:
         return f"<FileEngine {len(self.files)} files, {len(self._handles)} open>"
 
-    async def run_probes(self) -> None:
-        """Give every file its metadata: from a fresh stored probe result, else by probing (concurrently)."""
-        self._load_stored_probes(self.files)
+    async def run_probes(self, indices: Sequence[int] | None = None) -> None:
+        """Give every file (or those of ``indices``) its metadata: from a fresh stored probe result, else by
+        probing (concurrently)."""
+        wanted = None if indices is None else set(indices)
+        files = [file for index, file in self.files.items() if wanted is None or index in wanted]
+        self._load_stored_probes(files)
         # A few workers share one queue, not a task per file: 100,000 waiting tasks held ~300 MiB. A file
         # someone asks for before its turn is probed at once by ``metadata`` (and skipped here).
-        queue = iter([file for file in self.files if not file._probed.is_set()])
+        queue = iter([file for file in files if not file._probed.is_set()])
 
         async def worker() -> None:
             for file in queue:
@@ -195,12 +204,34 @@ class FileEngine:
         """Serve one more file (a URL given at run time, not in the urls file) and give it its metadata as
         ``run_probes`` would; returns its index for ``open``. A failed probe is kept, as for any file: the open
         probes again and fails with it."""
-        file = RemoteFile(entry, len(self.files))
-        self.files.append(file)
+        file = self.files[self.add_entry(entry)]
         self._load_stored_probes([file])
         if not file._probed.is_set():
             await self._probe(file)
         return file.index
+
+    def add_entry(self, entry: Entry) -> int:
+        """Serve one more file, not probed yet (``run_probes`` or the first ``metadata``/``open`` wait for
+        that); returns its index."""
+        index, self._next_index = self._next_index, self._next_index + 1
+        self.files[index] = RemoteFile(entry, index)
+        return index
+
+    def retire(self, index: int) -> None:
+        """Stop serving a file: handles open on it go on reading their version until released."""
+        file = self.files.pop(index)
+        if any(opened.file is file for opened in self._handles.values()):
+            self._retired[index] = file
+
+    def known(self, index: int) -> bool:
+        """Whether the file is served, or retired but still open."""
+        return index in self.files or index in self._retired
+
+    def _file(self, index: int) -> RemoteFile:
+        file = self.files.get(index) or self._retired.get(index)
+        if file is None:
+            raise KeyError(f"no file {index}: retired and closed")
+        return file
 
     def _load_stored_probes(self, files: Sequence[RemoteFile]) -> None:
         records = self.store.cache.get_records([file.record_key for file in files])
@@ -236,12 +267,12 @@ class FileEngine:
 
     def probed(self, file_index: int) -> RemoteFile | None:
         """The file if its first probe has ended, else None (without waiting)."""
-        file = self.files[file_index]
+        file = self._file(file_index)
         return file if file._probed.is_set() else None
 
     async def metadata(self, file_index: int) -> RemoteFile:
         """The file, once its first probe has ended (its ``metadata`` is None if that probe failed)."""
-        file = self.files[file_index]
+        file = self._file(file_index)
         if not file._probed.is_set():
             await self._probe(file)  # its turn in run_probes' queue may be far off (or joins the probe under way)
         return file
@@ -413,16 +444,23 @@ class FileEngine:
         self._store_probe(file)
 
     def release(self, handle: int) -> None:
-        """Forget the handle and cancel the prefetching done for it."""
-        self._handles.pop(handle, None)
+        """Forget the handle and cancel the prefetching done for it (and a retired file's last handle, the
+        file)."""
+        opened = self._handles.pop(handle, None)
         if self.prefetcher is not None:
             self.prefetcher.cancel(handle)
+        file = opened.file if opened is not None else None
+        if file is not None and file.index in self._retired and all(o.file is not file for o in self._handles.values()):
+            del self._retired[file.index]
+
+    def file_index(self, handle: int) -> int:
+        return self._handles[handle].file.index
 
     def statistics(self) -> dict[str, object]:
         """Everything countable about the engine and the parts below it, as plain data."""
         parts: dict[str, object] = {
             "files": len(self.files),
-            "files_failed": sum(file.failure is not None for file in self.files),
+            "files_failed": sum(file.failure is not None for file in self.files.values()),
             "open_handles": len(self._handles),
             "blocks": dataclasses.asdict(self.store.statistics()),
             "cache": dataclasses.asdict(self.store.cache.statistics()),

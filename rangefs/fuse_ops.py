@@ -24,7 +24,7 @@ import trio
 from rangefs.engine import FileEngine
 from rangefs.errors import RangefsError, RemoteError, RemoteStatusError
 from rangefs.logthrottle import LogThrottle
-from rangefs.namespace import DirectoryNode, FileNode, Namespace, Node
+from rangefs.namespace import DirectoryNode, FileNode, Namespace, Node, TreeChange
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ R = TypeVar("R")
 _XATTR_PREFIX = b"user.rangefs."
 # Live statistics of the whole mount, as JSON, on the root directory (read by ``rangefs stats``).
 STATS_XATTR = b"user.rangefs.stats"
+# The daemon's pid and the outcome of its last reload, as JSON, on the root directory (read by ``rangefs reload``).
+RELOAD_XATTR = b"user.rangefs.reload"
 
 
 def _errno_boundary(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -92,6 +94,7 @@ class RangefsOperations(pyfuse3.Operations):
         self._mount_time_ns = time.time_ns()
         self._inode_of_file = {node.file_index: node.inode for node in namespace.files()}
         self._log_throttle = LogThrottle()
+        self.reload_status: dict[str, object] = {}
 
     # Every request that could change something is refused: this filesystem is read-only.
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _refuse_write
@@ -108,7 +111,9 @@ class RangefsOperations(pyfuse3.Operations):
 
     async def invalidate_file(self, file_index: int) -> None:
         """Make the kernel forget attributes and cached pages of a file whose remote version changed."""
-        inode = self._inode_of_file[file_index]
+        inode = self._inode_of_file.get(file_index)
+        if inode is None:
+            return  # removed by a reload and closed: the kernel holds nothing of it any more
         # In a worker thread: the kernel may hold a page lock while it waits for a read this loop must answer.
         try:
             # Abandoned on cancel: at unmount the kernel may never release what it waits for, and the daemon
@@ -120,6 +125,36 @@ class RangefsOperations(pyfuse3.Operations):
             log.debug("cannot invalidate inode %d: %s", inode, error)
         except Exception:  # called from service tasks (probes): never let it end the mount
             log.warning("cannot invalidate inode %d", inode, exc_info=True)
+
+    async def tree_changed(self, change: TreeChange) -> None:
+        """After a reload changed the namespace: the kernel forgets the directory entries that went, appeared
+        or now name another inode, so `ls` and lookups see the new tree at once."""
+        for node in change.added:
+            self._inode_of_file[node.file_index] = node.inode
+        for node in change.removed:
+            self._forget_if_closed(node)
+        for parent, name in change.names:
+            # In a worker thread, as invalidate_file: the kernel locks the directory, which a lookup this
+            # loop must answer may hold.
+            try:
+                await trio.to_thread.run_sync(
+                    pyfuse3.invalidate_entry,
+                    pyfuse3.InodeT(parent),
+                    pyfuse3.FileNameT(os.fsencode(name)),
+                    abandon_on_cancel=True,
+                )
+            except OSError as error:
+                log.debug("cannot invalidate entry %s of inode %d: %s", name, parent, error)  # not cached
+        for directory in {parent for parent, _ in change.names}:
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, pyfuse3.InodeT(directory), True)
+            except OSError as error:
+                log.debug("cannot invalidate inode %d: %s", directory, error)
+
+    def _forget_if_closed(self, node: FileNode) -> None:
+        if not self.engine.known(node.file_index):
+            self.namespace.forget(node.inode)
+            self._inode_of_file.pop(node.file_index, None)
 
     def _node(self, inode: int) -> Node:
         node = self.namespace.get(inode)
@@ -137,6 +172,8 @@ class RangefsOperations(pyfuse3.Operations):
         attrs.st_blksize = self._block_size
         mtime_ns = self._mount_time_ns
         if isinstance(node, FileNode):
+            if not self.engine.known(node.file_index):
+                raise pyfuse3.FUSEError(errno.ENOENT)  # removed by a reload, and no longer open
             file = await self.engine.metadata(node.file_index) if wait else self.engine.probed(node.file_index)
             if file is None or file.metadata is None or file.failure is not None:
                 # Not probed yet, or the probe failed: attributes the kernel must not keep, or a file that comes
@@ -213,6 +250,8 @@ class RangefsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
+        if not self.engine.known(node.file_index):
+            raise pyfuse3.FUSEError(errno.ENOENT)
         handle = await self.engine.open(node.file_index)
         # keep_cache: pages the kernel holds stay valid across opens of one version, so warm re-reads run at
         # page-cache speed; the first open of a new version makes the kernel drop them.
@@ -224,7 +263,12 @@ class RangefsOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        index = self.engine.file_index(fh)
         self.engine.release(fh)
+        inode = self._inode_of_file.get(index)
+        node = self.namespace.get(inode) if inode is not None else None
+        if isinstance(node, FileNode) and node.file_index == index:
+            self._forget_if_closed(node)
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         return None
@@ -232,7 +276,7 @@ class RangefsOperations(pyfuse3.Operations):
     @_errno_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
-        known = [file.metadata.size for file in self.engine.files if file.metadata is not None]
+        known = [file.metadata.size for file in self.engine.files.values() if file.metadata is not None]
         data.f_bsize = data.f_frsize = self._block_size
         data.f_blocks = -(-sum(known) // self._block_size)
         data.f_bfree = data.f_bavail = 0
@@ -254,7 +298,10 @@ class RangefsOperations(pyfuse3.Operations):
 
     async def _xattrs(self, node: Node) -> dict[bytes, bytes]:
         if node is self.namespace.root:
-            return {STATS_XATTR: json.dumps(self.engine.statistics(), sort_keys=True).encode()}
+            root = {STATS_XATTR: json.dumps(self.engine.statistics(), sort_keys=True).encode()}
+            if self.reload_status:
+                root[RELOAD_XATTR] = json.dumps(self.reload_status, sort_keys=True).encode()
+            return root
         if not isinstance(node, FileNode):
             return {}
         file = await self.engine.metadata(node.file_index)

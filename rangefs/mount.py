@@ -1,7 +1,8 @@
 """Mount lifecycle: checks before mounting, the service nursery, pyfuse3 init/main/close, signals.
 
 The mount is live (``task_status.started()``) only once the kernel has accepted it; it is always unmounted
-on the way out, whether main() ended by ``fusermount3 -u``, a signal or an error.
+on the way out, whether main() ended by ``fusermount3 -u``, SIGINT/SIGTERM or an error. SIGHUP rereads the
+urls file (``reload.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rangefs.config import Entry, MountSettings
 from rangefs.errors import MountError
 from rangefs.fuse_ops import RangefsOperations
 from rangefs.namespace import Namespace
+from rangefs.reload import Reloader
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +79,11 @@ async def serve(
     mountpoint: Path,
     settings: MountSettings,
     *,
+    urls_file: Path | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Mount, serve until unmounted or signalled, unmount."""
+    """Mount, serve until unmounted or signalled, unmount. With ``urls_file`` (where ``entries`` came
+    from), SIGHUP reloads it."""
     vanished = _VanishedRequestFilter()
     logging.getLogger("pyfuse3").addFilter(vanished)
     # Signals are ours from here to the very end: one arriving during the clean-up after an unmount must not
@@ -92,7 +96,13 @@ async def serve(
                 log.warning("%s", problem)
             try:
                 await _serve_with_cache(
-                    entries, mountpoint, settings, cache=cache, signals=signals, task_status=task_status
+                    entries,
+                    mountpoint,
+                    settings,
+                    cache=cache,
+                    signals=signals,
+                    urls_file=urls_file,
+                    task_status=task_status,
                 )
             finally:
                 cache.close()
@@ -107,6 +117,7 @@ async def _serve_with_cache(
     *,
     cache: BlockCache,
     signals: AsyncIterator[int],
+    urls_file: Path | None,
     task_status: trio.TaskStatus[None],
 ) -> None:
     async with stack.running_engine(entries, settings, cache) as engine, trio.open_nursery() as nursery:
@@ -114,6 +125,7 @@ async def _serve_with_cache(
             Namespace(entries), engine, attr_timeout=settings.attr_timeout, block_size=settings.block_size
         )
         engine.on_metadata_changed = operations.invalidate_file
+        reloader = Reloader(urls_file, operations) if urls_file is not None else None
         nursery.start_soon(engine.run_probes)
         try:
             pyfuse3.init(operations, str(mountpoint), set(_BASE_OPTIONS | settings.fuse_options))
@@ -122,7 +134,9 @@ async def _serve_with_cache(
         try:
             async with trio.open_nursery() as fuse_nursery:
                 fuse_nursery.start_soon(_serve_requests, fuse_nursery.cancel_scope)
-                fuse_nursery.start_soon(_terminate_on_signals, signals)
+                if reloader is not None:
+                    await fuse_nursery.start(reloader.serve)
+                fuse_nursery.start_soon(_handle_signals, signals, reloader)
                 await _wait_until_serving(mountpoint)
                 # Only now: the kernel's INIT exchange clamps read_ahead_kb to what libfuse negotiated.
                 applied = kernel.tune(mountpoint, readahead_bytes=settings.kernel_readahead, max_background=64)
@@ -148,8 +162,16 @@ async def _wait_until_serving(mountpoint: Path) -> None:
         raise MountError(f"{mountpoint} was mounted but did not answer within {_SERVING_TIMEOUT:.0f} s") from None
 
 
-async def _terminate_on_signals(signals: AsyncIterator[int]) -> None:
+async def _handle_signals(signals: AsyncIterator[int], reloader: Reloader | None) -> None:
+    """SIGHUP reloads the urls file; SIGINT and SIGTERM unmount."""
     async for signum in signals:
+        if signum == signal.SIGHUP:
+            if reloader is None:
+                log.warning("received SIGHUP, but this mount has no urls file to reload")
+            else:
+                log.info("received SIGHUP, reloading %s", reloader.urls_file)
+                reloader.request()
+            continue
         log.info("received %s, unmounting", signal.Signals(signum).name)
         pyfuse3.terminate()
         return
