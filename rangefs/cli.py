@@ -165,11 +165,12 @@ def _mount(args: argparse.Namespace) -> int:
     # Lazy import: the pyfuse3 extension is only needed once we really mount.
     from rangefs import mount
 
+    # Before the checks: clearing a dead mount is worth a line (on stderr for a background mount's caller).
+    _setup_logging(args, args.log_file if args.foreground else None)
     mount.check_fuse_available()
     mount.check_mountpoint(args.mountpoint)
     if not args.foreground:
         return _mount_in_background(args, settings)
-    _setup_logging(args, args.log_file)
     if args.pid_file:
         args.pid_file.write_text(f"{os.getpid()}\n")
     # While mounted, mount.serve turns SIGINT and SIGTERM into a clean unmount and SIGHUP into a reload. Outside

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from rangefs.mountinfo import find_mount
+
 log = logging.getLogger(__name__)
 
 _BDI = Path("/sys/class/bdi")
@@ -22,20 +24,8 @@ _FUSECTL = Path("/sys/fs/fuse/connections")
 
 def mount_device(mountpoint: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> tuple[int, int] | None:
     """(major, minor) of the filesystem mounted at ``mountpoint``, the most recent one if stacked."""
-    found = None
-    for line in mountinfo.read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 4 and _unescape(fields[4]) == str(mountpoint):
-            major, minor = fields[2].split(":")
-            found = int(major), int(minor)
-    return found
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal.
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, char)
-    return field
+    entry = find_mount(mountpoint, mountinfo)
+    return entry.device if entry else None
 
 
 def tune(mountpoint: Path, *, readahead_bytes: int | None, max_background: int | None) -> dict[str, int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemons import DaemonTracker
 from tests.mounting import Mount, start_mount
 from tests.origin import Origin
 
@@ -72,3 +73,18 @@ def mount_factory(tmp_path: Path) -> Iterator[MountFactory]:
             failures.extend(mounted.unexpected_log_lines())
         if failures:
             pytest.fail("\n".join(failures))
+
+
+@pytest.fixture
+def daemons() -> Iterator[DaemonTracker]:
+    """Background daemons and their mountpoints, all unmounted and ended by PID at teardown."""
+    reason = _fuse_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    tracker = DaemonTracker()
+    try:
+        yield tracker
+    finally:
+        forced = tracker.close()
+    if forced:
+        pytest.fail("\n".join(forced))
