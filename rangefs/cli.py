@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from rangefs import __version__
+from rangefs import __version__, mountopts
 from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings, options, parse_size, read_urls_file
 from rangefs.config.settings import default_log_file
@@ -99,8 +99,8 @@ def _add_logging_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
         if args.command == "mount":
             return _mount(args)
         if args.command == "stats":
@@ -123,6 +123,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line. ``mount -o name=value`` sets rangefs's own options as if given as flags (an
+    fstab line has nothing else), drops mount(8)'s and leaves FUSE's in ``fuse_options``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "mount":
+        options = mountopts.rangefs_options(_command_parser(parser, "mount"))
+        own, fuse = mountopts.split_options(args.fuse_options or [], options)
+        if own:
+            args = parser.parse_args([*argv, *own])
+        args.fuse_options = [",".join(fuse)] if fuse else []
+    return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    # argparse offers no public way to a subcommand's parser.
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices[command]
+            if isinstance(chosen, argparse.ArgumentParser):
+                return chosen
+    raise LookupError(command)
 
 
 def _sole_exception(error: BaseException) -> BaseException:
@@ -195,9 +219,10 @@ def _mount(args: argparse.Namespace) -> int:
 async def _serve_and_report(entries: list[Entry], args: argparse.Namespace, settings: MountSettings) -> None:
     from rangefs import mount
 
+    mountpoint = args.mountpoint.absolute()
     async with trio.open_nursery() as nursery:
         urls_file = args.urls_file.absolute()
-        await nursery.start(partial(mount.serve, urls_file=urls_file), entries, args.mountpoint.absolute(), settings)
+        await nursery.start(partial(mount.serve, urls_file=urls_file), entries, mountpoint, settings)
         _report_to_parent(args.ready_fd, "ready")
 
 

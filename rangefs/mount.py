@@ -35,7 +35,7 @@ _SERVING_TIMEOUT = 30.0
 # stat fails (nothing is known of it, see RangefsOperations.getattr) could be neither opened (probed again) nor
 # asked for its user.rangefs.error. Every file is 0444 and every directory 0555 for everyone, so the kernel's
 # mode check would refuse nothing but exec, which RangefsOperations.access and the kernel itself refuse.
-_BASE_OPTIONS = frozenset({"fsname=rangefs", "subtype=rangefs", "ro"})
+_BASE_OPTIONS = frozenset({"subtype=rangefs", "ro"})
 # How a rangefs mount shows in /proc/self/mountinfo (FUSE prefixes the subtype above).
 _FSTYPE = "fuse.rangefs"
 # What FUSE answers once its daemon is gone: ENOTCONN, or ECONNABORTED for a request it was sent as it died.
@@ -125,7 +125,8 @@ async def serve(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount, serve until unmounted or signalled, unmount. With ``urls_file`` (where ``entries`` came
-    from), SIGHUP reloads it."""
+    from), SIGHUP reloads it, and the mount table shows it as the mounted thing (as a disk shows its device):
+    mount(8) compares that with fstab's source to know a line is mounted already."""
     vanished = _VanishedRequestFilter()
     logging.getLogger("pyfuse3").addFilter(vanished)
     # Signals are ours from here to the very end: one arriving during the clean-up after an unmount must not
@@ -170,7 +171,7 @@ async def _serve_with_cache(
         reloader = Reloader(urls_file, operations) if urls_file is not None else None
         nursery.start_soon(engine.run_probes)
         try:
-            pyfuse3.init(operations, str(mountpoint), set(_BASE_OPTIONS | settings.fuse_options))
+            pyfuse3.init(operations, str(mountpoint), _fuse_options(settings, urls_file))
         except RuntimeError as error:
             raise MountError(f"cannot mount on {mountpoint}: {error} (see the log for libfuse's reason)") from None
         try:
@@ -188,6 +189,17 @@ async def _serve_with_cache(
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()  # and leaving running_engine cancels every fetch
             log.info("unmounted %s", mountpoint)
+
+
+def _fuse_options(settings: MountSettings, urls_file: Path | None) -> set[str]:
+    """Ours and the user's; a user's ``fsname=`` wins. libfuse splits options at commas unless escaped."""
+    options = set(_BASE_OPTIONS | settings.fuse_options)
+    if not any(option.startswith("fsname=") for option in options):
+        source = str(urls_file.resolve()) if urls_file is not None else "rangefs"
+        if not source.isascii():
+            source = "rangefs"  # pyfuse3 passes options as ASCII only
+        options.add("fsname=" + source.replace("\\", "\\\\").replace(",", "\\,"))
+    return options
 
 
 async def _serve_requests(done: trio.CancelScope) -> None:
