@@ -30,6 +30,7 @@ from rangefs.config import Entry, MountSettings, options, parse_size, read_urls_
 from rangefs.config.settings import default_log_file
 from rangefs.download import command as download_command
 from rangefs.errors import ConfigError, MountError, UsageError
+from rangefs.systemd import journal, notify
 
 log = logging.getLogger("rangefs")
 
@@ -164,7 +165,10 @@ def _setup_logging(args: argparse.Namespace, log_file: Path | None) -> None:
         handler = logging.FileHandler(log_file)
     else:
         handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_file is None and journal.stream_is_journal(os.environ):
+        handler.setFormatter(journal.JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
@@ -206,7 +210,9 @@ def _mount(args: argparse.Namespace) -> int:
         trio.run(_serve_and_report, entries, args, settings)
     except (MountError, BaseExceptionGroup) as raised:
         error = _sole_exception(raised)
-        _report_to_parent(args.ready_fd, f"error: {error}" if isinstance(error, MountError) else "error: crashed")
+        reason = f"error: {error}" if isinstance(error, MountError) else "error: crashed"
+        _report_to_parent(args.ready_fd, reason)
+        notify.notify(os.environ, f"STATUS={reason}")
         raise
     finally:
         if args.pid_file:
@@ -224,6 +230,8 @@ async def _serve_and_report(entries: list[Entry], args: argparse.Namespace, sett
         urls_file = args.urls_file.absolute()
         await nursery.start(partial(mount.serve, urls_file=urls_file), entries, mountpoint, settings)
         _report_to_parent(args.ready_fd, "ready")
+        notify.ready(os.environ, f"serving {len(entries)} files on {mountpoint}")
+    notify.stopping(os.environ, f"unmounted {mountpoint}")
 
 
 def _report_to_parent(ready_fd: int | None, message: str) -> None:

@@ -3,7 +3,7 @@
 # which mounts real FUSE filesystems against a loopback HTTP origin (needs root or /dev/fuse access).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh unzip nginx-light ffmpeg mpv libarchive-tools p7zip-full sqlite3 tar iproute2 iptables libnetfilter-queue-dev
+scripts/setup.sh systemd unzip nginx-light ffmpeg mpv libarchive-tools p7zip-full sqlite3 tar iproute2 iptables libnetfilter-queue-dev
 .venv/bin/ruff check rangefs tests benchmarks scripts
 .venv/bin/ruff format --check rangefs tests benchmarks scripts
 .venv/bin/mypy

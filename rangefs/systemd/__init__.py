@@ -1,0 +1,1 @@
+"""Running under systemd without libsystemd: readiness notification and journald-friendly logs (stdlib only)."""
