@@ -51,6 +51,12 @@ def available() -> bool:
     return Path(NGINX).exists()
 
 
+def has_slice_module() -> bool:
+    """Whether this nginx was built with the slice module the shipped cache proxy needs."""
+    built = subprocess.run([NGINX, "-V"], capture_output=True, text=True, check=False)
+    return "--with-http_slice_module" in built.stderr
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -31,7 +31,10 @@ EXPIRED_AFTER = CACHE_VALID + 1.5
 # Mount options that make every open revalidate (one HEAD, answered by the proxy).
 REVALIDATE_EVERY_OPEN = ("--metadata-ttl", "0", "--revalidate-after", "0")
 
-pytestmark = pytest.mark.skipif(not nginx.available(), reason="nginx is not installed (Debian package nginx-light)")
+pytestmark = pytest.mark.skipif(
+    not (nginx.available() and nginx.has_slice_module()),
+    reason="nginx with the slice module is not installed (Debian package nginx)",
+)
 
 
 class CacheProxy:
