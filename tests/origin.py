@@ -178,6 +178,13 @@ class OriginHandler(BaseHTTPRequestHandler):
         start, stop, status = 0, size, 200
         requested = self.headers.get("Range") if honour_range else None
         if_range = self.headers.get("If-Range")
+        if served.etag is not None and self.headers.get("If-None-Match") == served.etag:
+            # RFC 9110 13.2.2: evaluated before Range; a caching proxy revalidating a stored slice gets 304.
+            self.record.status = 304
+            self.send_response(304)
+            self.send_header("ETag", served.etag)
+            self.end_headers()
+            return
         if requested and if_range is not None and if_range not in (served.etag, served.last_modified):
             requested = None  # RFC 9110 13.1.5: a failed If-Range means "send the whole current file"
         if requested:
