@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = commands.add_parser("stats", help="show a mount's live statistics")
     stats.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
-    stats.add_argument("--json", action="store_true", help="print the raw JSON")
+    stats.add_argument("--json", action="store_true", help="print the raw JSON (with --watch: one object a line)")
+    stats.add_argument("-w", "--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
+    stats.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default: 1)")
 
     cache = commands.add_parser("cache", help="inspect and manage the block cache (safe while mounted)")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
@@ -301,22 +303,9 @@ def _read_report(read_fd: int, child: subprocess.Popen[bytes]) -> str:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    try:
-        raw = os.getxattr(args.mountpoint, "user.rangefs.stats")
-    except OSError as error:
-        raise UsageError(f"{args.mountpoint} is not a running rangefs mount ({error.strerror})") from None
-    stats = json.loads(raw)
-    if args.json:
-        print(json.dumps(stats, indent=2, sort_keys=True))
-        return 0
-    for section, values in stats.items():
-        if isinstance(values, dict):
-            print(f"{section}:")
-            for key, value in values.items():
-                print(f"  {key:<20} {value:>16,}" if isinstance(value, int) else f"  {key:<20} {value!s:>16}")
-        else:
-            print(f"{section:<22} {values:>16,}")
-    return 0
+    from rangefs import monitor  # lazy: rich is only needed here
+
+    return monitor.show(args.mountpoint, watch=args.watch, interval=args.interval, as_json=args.json)
 
 
 def _reload_status(mountpoint: Path) -> dict[str, object]:

@@ -24,12 +24,16 @@ can be read. A mount with its origin down behaves the same from its first failed
 
 Files come and go at run time (``add_entry``, ``retire``: a reload of the urls file). File indices are never
 reused; a retired file stays known (``known``) while handles are open on it, and those go on reading.
+
+Traffic is counted per file and for the whole engine (``FileTraffic``): reads here, bytes served and hits by
+the block store, requests, bytes fetched, retries and errors by the HTTP client, each given both tallies.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import itertools
 import json
 import logging
@@ -43,6 +47,7 @@ import trio
 from rangefs.blocks import BlockStore
 from rangefs.blocks.store import SMALL_READ_PIECE
 from rangefs.config import Entry
+from rangefs.counters import FileTraffic
 from rangefs.errors import RemoteChanged, RemoteError, RemoteUnreachable
 from rangefs.ranges import ByteRange, clamp_read
 from rangefs.readahead import AccessPattern, ReadaheadConfig
@@ -63,6 +68,10 @@ _SPARSE_READ = 32 * 1024
 _EXPLICIT_STREAM = 0
 # Why a file without a stored probe result fails offline.
 _NOTHING_STORED = "--offline, and nothing is stored about it: mount once without --offline to learn its size"
+# Files listed one by one in ``statistics()``: the busiest. The statistics are a root xattr, which the kernel
+# limits to 64 KiB (a file's entry is its path and ~230 bytes of counters), and a table of more does not fit
+# a terminal anyway.
+BUSIEST_FILES = 20
 
 
 class RemoteVersion:
@@ -74,6 +83,7 @@ class RemoteVersion:
         self._credentials = file.credentials
         self._file = file
         self._engine = engine
+        self._tallies = (file.traffic, engine.traffic)
         self.object_id = metadata.object_id
         self.size = metadata.size
 
@@ -85,7 +95,7 @@ class RemoteVersion:
         )
 
     def stream(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self._client.stream_whole(self.metadata, self._credentials)
+        return self._client.stream_whole(self.metadata, self._credentials, tallies=self._tallies)
 
     def describe(self) -> dict[str, object]:
         meta = self.metadata
@@ -95,7 +105,9 @@ class RemoteVersion:
         self._engine.ranges_unsupported(self._file)
 
     async def fetch_into(self, wanted: ByteRange, sink: Callable[[bytes], None], *, demand: bool) -> None:
-        await self._client.fetch_into(self.metadata, wanted, sink, self._credentials, demand=demand)
+        await self._client.fetch_into(
+            self.metadata, wanted, sink, self._credentials, demand=demand, tallies=self._tallies
+        )
 
 
 class RemoteFile:
@@ -116,6 +128,7 @@ class RemoteFile:
         self.index_planned_for: str | None = None  # object id whose format index was prefetched
         self.kernel_version: str | None = None  # object id whose pages the kernel may hold for this file
         self.revalidation_failing = False  # a failed revalidation was logged; cleared by a probe that succeeds
+        self.traffic = FileTraffic()  # what reading this file cost, across its versions, since the engine began
         self._probed = trio.Event()
         self._probing = False
 
@@ -177,6 +190,10 @@ class FileEngine:
         self.on_metadata_changed = on_metadata_changed
         self._handles: dict[int, OpenFile] = {}
         self._handle_numbers = itertools.count(1)
+        self.traffic = FileTraffic()  # every file's traffic, summed as it is counted
+        # Files opened at least once (an ordered set): only these can have traffic, so ranking them is cheap
+        # however many files the mount lists.
+        self._opened: dict[RemoteFile, None] = {}
 
     def __repr__(self) -> str:
         return f"<FileEngine {len(self.files)} files, {len(self._handles)} open>"
@@ -222,6 +239,8 @@ class FileEngine:
         file = self.files.pop(index)
         if any(opened.file is file for opened in self._handles.values()):
             self._retired[index] = file
+        else:
+            self._opened.pop(file, None)
 
     def known(self, index: int) -> bool:
         """Whether the file is served, or retired but still open."""
@@ -363,6 +382,7 @@ class FileEngine:
     async def open(self, file_index: int) -> int:
         """A handle for reading the file; revalidates first when what is known of it may be out of date."""
         file = await self.metadata(file_index)
+        self._opened[file] = None
         if self._needs_probe(file):
             if file.metadata is not None and not file.stale:
                 # The index prefetch of the version known overlaps the revalidation; if the file changed,
@@ -388,6 +408,19 @@ class FileEngine:
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer only at end of file) of the version opened."""
         opened = self._handles[handle]
+        tallies = (opened.file.traffic, self.traffic)
+        for tally in tallies:
+            tally.reads += 1
+        try:
+            return await self._read(opened, handle, offset, size, tallies)
+        except BaseException:
+            for tally in tallies:
+                tally.read_errors += 1
+            raise
+
+    async def _read(
+        self, opened: OpenFile, handle: int, offset: int, size: int, tallies: tuple[FileTraffic, ...]
+    ) -> bytes:
         decision = opened.pattern.on_read(offset, size, trio.current_time())
         if log.isEnabledFor(logging.DEBUG):
             log.debug("read %d+%d of %s: %s", offset, size, opened.file.url, decision)
@@ -398,7 +431,8 @@ class FileEngine:
                 self.prefetcher.submit(opened.version, handle, decision.prefetch)
         try:
             small = decision.random_access and size <= _SPARSE_READ
-            data = await self.store.read(opened.version, offset, size, piece_size=SMALL_READ_PIECE if small else 0)
+            piece_size = SMALL_READ_PIECE if small else 0
+            data = await self.store.read(opened.version, offset, size, piece_size=piece_size, tallies=tallies)
         except RemoteChanged:
             opened.file.stale = True
             raise
@@ -452,16 +486,36 @@ class FileEngine:
         file = opened.file if opened is not None else None
         if file is not None and file.index in self._retired and all(o.file is not file for o in self._handles.values()):
             del self._retired[file.index]
+            self._opened.pop(file, None)
 
     def file_index(self, handle: int) -> int:
         return self._handles[handle].file.index
 
+    @property
+    def open_handles(self) -> int:
+        return len(self._handles)
+
+    def cached_bytes(self, file_index: int) -> int:
+        """Bytes of the file's current version in the disk cache (0 while its version is unknown)."""
+        metadata = self._file(file_index).metadata
+        return 0 if metadata is None else self.store.cache.cached_bytes(metadata.object_id)
+
+    def busiest_files(self, count: int = BUSIEST_FILES) -> list[RemoteFile]:
+        """The ``count`` files that moved the most bytes, those with bytes in flight first; none idle."""
+        active = (file for file in self._opened if file.traffic.volume or file.traffic.bytes_in_flight)
+        return heapq.nlargest(count, active, key=lambda file: (file.traffic.bytes_in_flight > 0, file.traffic.volume))
+
     def statistics(self) -> dict[str, object]:
-        """Everything countable about the engine and the parts below it, as plain data."""
+        """Everything countable about the engine and the parts below it, as plain data (README: "rangefs
+        stats" documents the schema)."""
         parts: dict[str, object] = {
             "files": len(self.files),
             "files_failed": sum(file.failure is not None for file in self.files.values()),
-            "open_handles": len(self._handles),
+            "open_handles": self.open_handles,
+            "traffic": dataclasses.asdict(self.traffic),
+            "busiest_files": [
+                {"path": str(file.entry.path), **dataclasses.asdict(file.traffic)} for file in self.busiest_files()
+            ],
             "blocks": dataclasses.asdict(self.store.statistics()),
             "cache": dataclasses.asdict(self.store.cache.statistics()),
             "http": dataclasses.asdict(self.client.statistics()),

@@ -36,6 +36,8 @@ _XATTR_PREFIX = b"user.rangefs."
 STATS_XATTR = b"user.rangefs.stats"
 # The daemon's pid and the outcome of its last reload, as JSON, on the root directory (read by ``rangefs reload``).
 RELOAD_XATTR = b"user.rangefs.reload"
+# The kernel refuses xattr values larger than this (XATTR_SIZE_MAX): long paths shorten the busiest files' list.
+_XATTR_SIZE_MAX = 64 * 1024
 
 
 def _errno_boundary(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -296,9 +298,18 @@ class RangefsOperations(pyfuse3.Operations):
     async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> Sequence[pyfuse3.XAttrNameT]:
         return [pyfuse3.XAttrNameT(name) for name in await self._xattrs(self._node(inode))]
 
+    def _statistics_json(self) -> bytes:
+        statistics = self.engine.statistics()
+        while True:
+            encoded = json.dumps(statistics, sort_keys=True).encode()
+            busiest = statistics.get("busiest_files")
+            if len(encoded) <= _XATTR_SIZE_MAX or not isinstance(busiest, list) or not busiest:
+                return encoded
+            busiest.pop()
+
     async def _xattrs(self, node: Node) -> dict[bytes, bytes]:
         if node is self.namespace.root:
-            root = {STATS_XATTR: json.dumps(self.engine.statistics(), sort_keys=True).encode()}
+            root = {STATS_XATTR: self._statistics_json()}
             if self.reload_status:
                 root[RELOAD_XATTR] = json.dumps(self.reload_status, sort_keys=True).encode()
             return root
@@ -311,4 +322,6 @@ class RangefsOperations(pyfuse3.Operations):
             values[b"last_modified"] = file.metadata.last_modified or ""
         if file.failure is not None:
             values[b"error"] = file.failure.cause
+        values[b"cached_bytes"] = str(self.engine.cached_bytes(node.file_index))
+        values[b"fetched_bytes"] = str(file.traffic.bytes_fetched)
         return {_XATTR_PREFIX + key: value.encode() for key, value in values.items()}

@@ -169,6 +169,10 @@ async def _serve_with_cache(
         )
         engine.on_metadata_changed = operations.invalidate_file
         reloader = Reloader(urls_file, operations) if urls_file is not None else None
+        if settings.metrics_listen is not None:
+            from rangefs import metrics  # lazy: prometheus-client is an optional extra
+
+            await nursery.start(metrics.serve, engine, settings.metrics_listen)
         nursery.start_soon(engine.run_probes)
         try:
             pyfuse3.init(operations, str(mountpoint), _fuse_options(settings, urls_file))

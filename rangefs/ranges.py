@@ -75,3 +75,13 @@ def runs(indices: Iterable[int], max_run: int) -> Iterator[range]:
 def run_bytes(run: range, block_size: int, file_size: int) -> ByteRange:
     """The bytes of a run of consecutive blocks."""
     return ByteRange(run.start * block_size, min(run.stop * block_size, file_size))
+
+
+def covered_bytes(ranges: Iterable[ByteRange]) -> int:
+    """How many distinct bytes the ranges cover together (overlaps counted once)."""
+    total, reached = 0, 0
+    for piece in sorted(ranges, key=lambda r: r.start):
+        if piece.stop > reached:
+            total += piece.stop - max(piece.start, reached)
+            reached = piece.stop
+    return total

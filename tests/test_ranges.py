@@ -7,7 +7,16 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rangefs.ranges import ByteRange, block_count, block_range, blocks_covering, clamp_read, run_bytes, runs
+from rangefs.ranges import (
+    ByteRange,
+    block_count,
+    block_range,
+    blocks_covering,
+    clamp_read,
+    covered_bytes,
+    run_bytes,
+    runs,
+)
 
 sizes = st.integers(0, 50_000)
 block_sizes = st.integers(1, 5_000)
@@ -58,3 +67,9 @@ def test_run_bytes_is_the_union_of_its_blocks(block_size: int, file_size: int, d
 def test_range_header_is_inclusive() -> None:
     assert ByteRange(0, 1).header_value() == "bytes=0-0"
     assert ByteRange(1024, 2048).header_value() == "bytes=1024-2047"
+
+
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 50)), max_size=20))
+def test_covered_bytes_counts_each_byte_once(pieces: list[tuple[int, int]]) -> None:
+    ranges = [ByteRange(start, start + length) for start, length in pieces]
+    assert covered_bytes(ranges) == len({byte for piece in ranges for byte in range(piece.start, piece.stop)})

@@ -19,6 +19,7 @@ import trio
 import trio.testing
 
 from rangefs.config import MountSettings
+from rangefs.counters import RequestTally
 from rangefs.errors import InvalidResponse, RemoteChanged, RemoteError, RemoteStatusError, RemoteUnreachable
 from rangefs.ranges import ByteRange
 from rangefs.remote import RemoteClient, RemoteMetadata
@@ -597,3 +598,31 @@ def test_probes_of_one_host_are_bounded_by_its_connections() -> None:
         trio.run(main)
         assert len(origin.requests) == 40
         assert origin.max_in_flight == 4
+
+
+def test_a_callers_tally_counts_its_requests_bytes_retries_and_errors_beside_the_totals() -> None:
+    origin = Origin()
+    cuts = [100]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = origin(request)
+        if cuts and request.method == "GET":
+            data = b"".join(response.stream)  # type: ignore[arg-type]
+            return httpx.Response(206, headers=response.headers, stream=CutStream(data, cuts.pop()))
+        return response
+
+    async def main() -> None:
+        async with make_client(handler) as client:
+            metadata = await client.probe(URL)
+            mine, other = RequestTally(), RequestTally()
+            in_flight: list[int] = []
+            sink = lambda chunk: in_flight.append(mine.bytes_in_flight)  # noqa: E731
+            await client.fetch_into(metadata, ByteRange(0, 1000), sink, tallies=(mine,))
+            assert await client.fetch(metadata, ByteRange(1000, 1024), tallies=(other,)) == DATA[1000:]
+            # The cut body: two requests, one failed attempt retried; bytes counted as they arrived, once.
+            assert (mine.requests, mine.retries, mine.errors, mine.bytes_fetched) == (2, 1, 1, 1000)
+            assert in_flight == [900, 0] and mine.bytes_in_flight == 0
+            assert (other.requests, other.retries, other.errors, other.bytes_fetched) == (1, 0, 0, 24)
+            totals = client.statistics()
+            assert (totals.requests, totals.retries, totals.errors, totals.bytes_fetched) == (3, 1, 1, 1024)
+            assert totals.bytes_in_flight == 0

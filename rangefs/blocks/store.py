@@ -23,7 +23,7 @@ ranges hands its pieces to such a stream instead of failing its readers.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,6 +36,7 @@ from rangefs.blocks.memory import MemoryTier
 from rangefs.blocks.stream import StreamOverrun, WholeFileStream
 from rangefs.blocks.writer import CacheWriter
 from rangefs.cache import BlockCache, PieceKey
+from rangefs.counters import ReadTally
 from rangefs.errors import FetchAborted, InvalidResponse, RangefsError, RangesUnsupported, RemoteError
 from rangefs.ranges import ByteRange, block_count, block_range, blocks_covering, clamp_read
 
@@ -102,14 +103,15 @@ class RangeSource(Protocol):
 
 
 @dataclass
-class StoreStatistics:
+class StoreStatistics(ReadTally):
+    """The store's totals (bytes served and hit: ReadTally's), format-aware index reads included."""
+
     blocks_from_memory: int = 0
     blocks_from_cache: int = 0
     blocks_joined: int = 0
     blocks_fetched: int = 0
     requests: int = 0
     bytes_fetched: int = 0
-    bytes_served: int = 0
     bytes_in_flight: int = 0
     bytes_waiting_for_disk: int = 0
     pieces_not_cached: int = 0  # demand pieces the disk was too far behind to take
@@ -170,21 +172,26 @@ class BlockStore:
 
     # Reading ---------------------------------------------------------------------------------------------
 
-    async def read(self, source: RangeSource, offset: int, size: int, *, piece_size: int = 0) -> bytes:
+    async def read(
+        self, source: RangeSource, offset: int, size: int, *, piece_size: int = 0, tallies: Sequence[ReadTally] = ()
+    ) -> bytes:
         """The bytes of ``source`` at ``offset``: ``size`` of them, fewer only at end of file.
 
         ``piece_size``: a small random read; of blocks that are not at hand fetch only the pieces of this size
-        it touches (0: whole blocks)."""
+        it touches (0: whole blocks). The bytes served, and those of them at hand, are counted in the store's
+        statistics and in each of ``tallies``."""
         for attempt in range(_READ_ATTEMPTS):
             try:
-                return await self._read_once(source, offset, size, piece_size=piece_size)
+                return await self._read_once(source, offset, size, piece_size=piece_size, tallies=tallies)
             except FetchAborted:
                 # A prefetch this read had joined was cancelled (its stream was abandoned): fetch it ourselves.
                 if attempt == _READ_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
-    async def _read_once(self, source: RangeSource, offset: int, size: int, *, piece_size: int) -> bytes:
+    async def _read_once(
+        self, source: RangeSource, offset: int, size: int, *, piece_size: int, tallies: Sequence[ReadTally]
+    ) -> bytes:
         wanted = clamp_read(offset, size, source.size)
         parts: list[Part] = []
         missing: Run = []
@@ -221,10 +228,13 @@ class BlockStore:
             self.in_flight.fail(missing, error, owner)
             raise
         self._start(source, missing, owner, demand=True)
+        hit = sum(len(part) for part in parts if isinstance(part, bytes))
         if all(isinstance(part, bytes) for part in parts):
             await trio.lowlevel.checkpoint()  # a run of hits must still let the loop breathe (and be cancelled)
         result = [part if isinstance(part, bytes) else await part[0].wait(part[1], part[2]) for part in parts]
-        self.stats.bytes_served += wanted.length
+        for tally in (self.stats, *tallies):
+            tally.bytes_served += wanted.length
+            tally.bytes_hit += hit
         return b"".join(result)
 
     def _lookup_grid(

@@ -38,6 +38,7 @@ from pathlib import Path
 from rangefs.cache import blockfile
 from rangefs.cache.index import CacheIndex, ObjectUsage
 from rangefs.cache.key import PieceKey
+from rangefs.ranges import ByteRange, covered_bytes
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,18 @@ class BlockCache:
         with contextlib.suppress(OSError):
             self._object_dir(object_id).rmdir()
         return len(keys)
+
+    def cached_bytes(self, object_id: str) -> int:
+        """Bytes of an object held on disk, as the index knows them: pieces of several sizes may overlap (a
+        4 KiB page inside a block), each byte counts once. Pieces still being written are not in yet."""
+        if self._index is None:
+            return 0
+        try:
+            keys = self._index.pieces_of(object_id)
+        except sqlite3.Error as error:
+            log.warning("cache: cannot find the pieces of %s: %s", object_id, error)
+            return 0
+        return covered_bytes(ByteRange(key.start, key.stop) for key in keys)
 
     def prune(self, limit: int) -> int:
         """Evict least recently used pieces until at most ``limit`` bytes remain; returns how many."""

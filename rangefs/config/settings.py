@@ -8,6 +8,7 @@ them (stack.py): adding a knob is one field here.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import ssl
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 import platformdirs
 
+from rangefs.config.listen import ListenAddress, parse_listen_address
 from rangefs.errors import UsageError
 
 KiB = 1024
@@ -194,6 +196,16 @@ class MountSettings:
     # Seconds the kernel may cache attributes and directory entries (nothing changes them but a revalidation,
     # which invalidates explicitly).
     attr_timeout: float = option(300.0)
+    # Serve the counters in the Prometheus text format here (metrics.py); None: no endpoint. A bare port is
+    # loopback only: another address must be written out (config/listen.py), as nothing there authenticates.
+    metrics_listen: ListenAddress | None = option(
+        None,
+        Option(
+            "serve Prometheus metrics at http://ADDRESS:PORT/metrics; a bare PORT listens on 127.0.0.1 only",
+            parse=parse_listen_address,
+            metavar="[ADDRESS:]PORT",
+        ),
+    )
     # FUSE mount options (-o allow_other,...): the command line spells these with -o (config/options.py).
     fuse_options: frozenset[str] = option(frozenset())
     user_agent: str = option("rangefs")
@@ -215,6 +227,8 @@ class MountSettings:
             _check_ca_bundle(self.ca_bundle)
         if self.max_inflight < self.block_size:
             raise UsageError("--max-inflight must be at least one block")
+        if self.metrics_listen is not None and importlib.util.find_spec("prometheus_client") is None:
+            raise UsageError("--metrics-listen needs the prometheus-client package: pip install 'rangefs[metrics]'")
         for name in ("metadata_ttl", "revalidate_after"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} cannot be negative")

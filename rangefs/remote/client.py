@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TypeVar, cast
@@ -21,6 +21,7 @@ import httpx
 import trio
 
 from rangefs.config import MountSettings
+from rangefs.counters import RequestTally
 from rangefs.errors import (
     CredentialError,
     InvalidResponse,
@@ -66,11 +67,9 @@ _UNANSWERED_CONNECT = 3.0
 
 
 @dataclass
-class ClientStatistics:
-    requests: int = 0
-    bytes_fetched: int = 0
-    errors: int = 0
-    retries: int = 0
+class ClientStatistics(RequestTally):
+    """The client's totals; callers may pass tallies of their own (per file) that are counted beside them."""
+
     throttled: int = 0
     # Hosts known down right now (HostBreaker open or half-open).
     hosts_down: int = 0
@@ -80,10 +79,31 @@ class ClientStatistics:
 
 @dataclass
 class _Progress:
-    """Where the attempts of one fetch send what they receive, and how much that is so far."""
+    """Where the attempts of one fetch send what they receive, how much that is so far, and the tallies
+    that count it."""
 
     sink: Callable[[bytes], None]
+    counts: Sequence[RequestTally]
     received: int = 0
+
+    def arrived(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        for tally in self.counts:
+            tally.bytes_fetched += len(chunk)
+            tally.bytes_in_flight -= len(chunk)
+        self.sink(chunk)
+
+
+@contextmanager
+def _in_flight(counts: Sequence[RequestTally], length: int, progress: _Progress) -> Iterator[None]:
+    """``length`` bytes are in flight until they arrive (``_Progress.arrived``) or the fetch ends."""
+    for tally in counts:
+        tally.bytes_in_flight += length
+    try:
+        yield
+    finally:
+        for tally in counts:
+            tally.bytes_in_flight -= length - progress.received
 
 
 class RemoteClient:
@@ -157,11 +177,17 @@ class RemoteClient:
             )
 
     async def fetch(
-        self, metadata: RemoteMetadata, wanted: ByteRange, access: Access = (), *, demand: bool = True
+        self,
+        metadata: RemoteMetadata,
+        wanted: ByteRange,
+        access: Access = (),
+        *,
+        demand: bool = True,
+        tallies: Sequence[RequestTally] = (),
     ) -> bytes:
         """Exactly the ``wanted`` bytes of the version ``metadata`` describes, or a RemoteError."""
         chunks: list[bytes] = []
-        await self.fetch_into(metadata, wanted, chunks.append, access, demand=demand)
+        await self.fetch_into(metadata, wanted, chunks.append, access, demand=demand, tallies=tallies)
         # One copy from the socket reads into the result (a preallocated buffer would cost two passes).
         return b"".join(chunks)
 
@@ -173,33 +199,43 @@ class RemoteClient:
         access: Access = (),
         *,
         demand: bool = True,
+        tallies: Sequence[RequestTally] = (),
     ) -> None:
         """Pass exactly the ``wanted`` bytes of the version ``metadata`` describes to ``sink``, in order, as they
         arrive (each chunk once the answer's headers proved it is that version), or raise a RemoteError; after
         an error, what ``sink`` got is a correct prefix.
 
         Demand fetches (a reader waits) and prefetches use separate connection limits per host. A body cut
-        short is resumed from where it stopped."""
+        short is resumed from where it stopped. Requests, bytes, retries and errors are counted in the
+        client's statistics and in each of ``tallies``."""
         origin = self._origin(metadata.url)
-        progress = _Progress(sink)
+        counts = (self.stats, *tallies)
+        progress = _Progress(sink, counts)
 
         async def fetch_once(attempt: Attempt, grant: Grant) -> None:
             async with self.limits.limiter(origin, demand=demand):
                 await self._fetch_into(metadata, wanted, progress, grant, attempt)
 
         credentials = _credentials(metadata.url, access)
-        await self._with_retries(metadata.url, fetch_once, self.total_timeout, credentials)
+        with _in_flight(counts, wanted.length, progress):
+            await self._with_retries(metadata.url, fetch_once, self.total_timeout, credentials, counts)
 
     @asynccontextmanager
-    async def stream_whole(self, metadata: RemoteMetadata, access: Access = ()) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def stream_whole(
+        self, metadata: RemoteMetadata, access: Access = (), *, tallies: Sequence[RequestTally] = ()
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         """The whole file, in order, for servers that ignore Range; checked to be the version expected.
         Not retried, so credentials are not renewed on a refusal here (only ahead of their expiry)."""
         url = metadata.url
         grant = await _credentials(url, access).grant()
-        self.stats.requests += 1
+        counts = (self.stats, *tallies)
+        progress = _Progress(lambda _chunk: None, counts)
+        for tally in counts:
+            tally.requests += 1
         async with AsyncExitStack() as stack:
+            stack.enter_context(_in_flight(counts, metadata.size, progress))
             # Translation covers the request and each chunk, not the caller's body (its errors are its own).
-            with self._translated(url):
+            with self._translated(url, counts):
                 request = self._sender.request("GET", grant.url, grant.headers, Attempt())
                 response = await stack.enter_async_context(request)
                 if response.status_code != 200:
@@ -210,17 +246,17 @@ class RemoteClient:
                 difference = whole_file_difference(metadata, response.headers)
                 if difference is not None:
                     raise RemoteChanged(url, f"the file changed: {difference}")
-            yield self._counted(url, response)
+            yield self._counted(url, response, progress)
 
-    async def _counted(self, url: str, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def _counted(self, url: str, response: httpx.Response, progress: _Progress) -> AsyncIterator[bytes]:
         # aclosing: a reader that stops early must not leave httpx's generator for the garbage collector.
         async with aclosing(_generator(response)) as chunks:
             while True:
-                with self._translated(url):
+                with self._translated(url, progress.counts):
                     chunk = await anext(chunks, None)
                 if chunk is None:
                     return
-                self.stats.bytes_fetched += len(chunk)
+                progress.arrived(chunk)
                 yield chunk
 
     async def _with_retries(
@@ -229,6 +265,7 @@ class RemoteClient:
         operation: Callable[[Attempt, Grant], Awaitable[T]],
         time_budget: float,
         credentials: Credentials,
+        counts: Sequence[RequestTally] = (),
     ) -> T:
         """Run ``operation`` until it succeeds, retrying what is transient within ``time_budget`` seconds.
 
@@ -267,7 +304,8 @@ class RemoteClient:
                 delay = self.retry.delay(number, getattr(error, "retry_after", None))
                 if trio.current_time() + delay >= deadline:
                     raise
-                self.stats.retries += 1
+                for tally in counts or (self.stats,):
+                    tally.retries += 1
                 self._log_retry(number, error, delay)
                 await trio.sleep(delay)
             else:
@@ -335,8 +373,9 @@ class RemoteClient:
         extra = {"Range": missing.header_value()}
         if metadata.if_range:
             extra["If-Range"] = metadata.if_range
-        self.stats.requests += 1
-        with self._translated(url):
+        for tally in progress.counts:
+            tally.requests += 1
+        with self._translated(url, progress.counts):
             async with self._sender.request("GET", grant.url, grant.headers, attempt, extra) as response:
                 if response.status_code >= 400:
                     raise _status_error(url, response)
@@ -346,9 +385,7 @@ class RemoteClient:
                         end = progress.received + len(chunk)
                         if end > wanted.length:
                             raise InvalidResponse(url, f"body longer than the {missing.length} bytes asked for")
-                        progress.received = end
-                        progress.sink(chunk)
-                        self.stats.bytes_fetched += len(chunk)
+                        progress.arrived(chunk)
                 if progress.received != wanted.length:
                     raise InvalidResponse(
                         url, f"body cut short: {progress.received} of {wanted.length} bytes", transient=True
@@ -359,30 +396,30 @@ class RemoteClient:
             return origin_of(httpx.URL(url))
 
     @contextmanager
-    def _translated(self, url: str) -> Iterator[None]:
-        """The one place where failing to talk HTTP becomes a RemoteError; cancellation passes untouched."""
+    def _translated(self, url: str, counts: Sequence[RequestTally] = ()) -> Iterator[None]:
+        """The one place where failing to talk HTTP becomes a RemoteError; cancellation passes untouched.
+        Each failure counts as an error in ``counts`` (the client's statistics when none are given)."""
         try:
-            yield
+            try:
+                yield
+            except Exception:
+                for tally in counts or (self.stats,):
+                    tally.errors += 1
+                raise
         except RemoteError:
-            self.stats.errors += 1
             raise
         except httpx.TimeoutException as error:
-            self.stats.errors += 1
             raise RemoteUnreachable(url, self._explained(url, error)) from None
         except httpx.RemoteProtocolError as error:
-            self.stats.errors += 1
             raise InvalidResponse(url, f"protocol error: {error}", transient=True) from None
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as error:
             # Our own request cannot be sent (a header value h11 refuses, a scheme httpx lacks): final.
-            self.stats.errors += 1
             raise InvalidResponse(url, f"cannot send the request: {type(error).__name__}: {error}") from None
         except httpx.HTTPError as error:
-            self.stats.errors += 1
             raise RemoteUnreachable(url, self._explained(url, error)) from None
         except Exception as error:
             # Untrusted input (a URL, a Location or header value, a codec) made httpx, h11 or our parsing raise
             # something else: one bad answer fails its request, never the mount.
-            self.stats.errors += 1
             log.debug("unexpected error talking to %s", url, exc_info=True)
             raise InvalidResponse(url, f"unexpected {type(error).__name__}: {error}") from None
 
