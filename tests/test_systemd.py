@@ -202,6 +202,12 @@ def test_log_format_for_journald(urls: Path, tmp_path: Path, daemons: DaemonTrac
     daemons.pids.add(daemon.pid)
     try:
         _wait_mounted(mountpoint, daemon)
+        # The kernel lists the mount before the daemon has answered FUSE's INIT; an unmount in between is
+        # refused as busy (the daemon's own first stat is in flight). Live means it said so.
+        deadline = time.monotonic() + 20
+        while "mounted 1 files on" not in stderr_path.read_text():
+            assert time.monotonic() < deadline, "the daemon never said it was mounted"
+            time.sleep(0.02)
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
         assert daemon.wait(timeout=15) == 0
     finally:
