@@ -21,6 +21,23 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return subprocess.run(rangefs_command(*args), capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
+def test_a_long_list_of_problems_reaches_the_command_from_the_daemon(tmp_path: Path) -> None:
+    """A background mount's daemon parses the file (once) and sends its problems back through the ready pipe:
+    more than a pipe's buffer of them arrive, shortened to the first thousand."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(f"ftp://example.invalid/{number:05}-{'x' * 80}\n" for number in range(1500)))
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = _run("mount", str(urls), str(mountpoint))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1001, lines[-3:]
+    assert lines[0].startswith(f"rangefs: {urls}:1: invalid URL")
+    assert lines[999].startswith(f"{urls}:1000: invalid URL")
+    assert lines[1000] == f"{urls}: ... and 500 more problems"
+    assert not is_mounted(mountpoint)
+
+
 def test_malformed_urls_file_reports_every_bad_line(tmp_path: Path) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text(
