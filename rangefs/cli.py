@@ -324,10 +324,9 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _reload_status(mountpoint: Path) -> dict[str, object]:
-    try:
-        return dict(json.loads(os.getxattr(mountpoint, "user.rangefs.reload")))
-    except OSError as error:
-        raise UsageError(f"{mountpoint} is not a running rangefs mount ({error.strerror})") from None
+    from rangefs import monitor
+
+    return monitor.root_json(mountpoint, "user.rangefs.reload")
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -398,7 +397,9 @@ def _warm(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UsageError("-j must be at least 1")
-    statistics = warm.mount_statistics(args.mountpoint)
+    from rangefs import monitor
+
+    statistics = monitor.root_json(args.mountpoint)
     targets = warm.find_targets(args.mountpoint, args.paths)
     try:
         if args.index:

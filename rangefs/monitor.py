@@ -25,13 +25,19 @@ STATS_XATTR = "user.rangefs.stats"
 _PIPE_WIDTH = 160
 
 
-def sample(mountpoint: Path) -> statsview.Sample:
-    """The mount's statistics now, or a UsageError saying it is not (or no longer) a running rangefs mount."""
+def root_json(mountpoint: Path, name: str = STATS_XATTR) -> dict[str, object]:
+    """A JSON xattr of the mount's root (statistics, the last reload), or a UsageError saying it is not (or no
+    longer) a running rangefs mount."""
     try:
-        raw = os.getxattr(mountpoint, STATS_XATTR)
+        raw = os.getxattr(mountpoint, name)
     except OSError as error:
         raise UsageError(f"{mountpoint} is not a running rangefs mount ({error.strerror})") from None
-    return statsview.Sample(json.loads(raw), time.monotonic())
+    return dict(json.loads(raw))
+
+
+def sample(mountpoint: Path) -> statsview.Sample:
+    """The mount's statistics now."""
+    return statsview.Sample(root_json(mountpoint), time.monotonic())
 
 
 def show(mountpoint: Path, *, watch: bool, interval: float, as_json: bool) -> int:

@@ -12,7 +12,6 @@ with a message, since warming it would evict its own first blocks to make room f
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from rangefs.errors import UsageError
 from rangefs.ranges import ByteRange
 from rangefs.readahead.formats import planner_for
 
-STATS_XATTR = "user.rangefs.stats"
 CACHED_XATTR = "user.rangefs.cached_bytes"
 _READ_SIZE = 1024 * 1024
 # Page-cache pages are dropped after this many bytes of a file have been read.
@@ -43,13 +41,6 @@ class WarmTarget:
     @property
     def length(self) -> int:
         return sum(wanted.length for wanted in self.ranges)
-
-
-def mount_statistics(mountpoint: Path) -> dict[str, object]:
-    try:
-        return dict(json.loads(os.getxattr(mountpoint, STATS_XATTR)))
-    except OSError as error:
-        raise UsageError(f"{mountpoint} is not a running rangefs mount ({error.strerror})") from None
 
 
 def find_targets(mountpoint: Path, paths: Sequence[Path]) -> list[WarmTarget]:

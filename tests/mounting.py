@@ -81,13 +81,17 @@ class Mount:
         return [line for line in lines if not any(re.search(p, line) for p in self.allowed_log_patterns)]
 
 
+def _foreground_command(urls_file: Path, mountpoint: Path, cache_dir: Path, log_file: Path, *extra: str) -> list[str]:
+    return rangefs_command(
+        "mount", str(urls_file), str(mountpoint), "--foreground", "--cache-dir", str(cache_dir),
+        "--log-file", str(log_file), "-v", *extra,
+    )  # fmt: skip
+
+
 def start_mount(urls_file: Path, mountpoint: Path, cache_dir: Path, log_file: Path, *extra_args: str) -> Mount:
     """Start ``rangefs mount --foreground`` and wait until the kernel shows the mount."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    command = rangefs_command(
-        "mount", str(urls_file), str(mountpoint), "--foreground", "--cache-dir", str(cache_dir),
-        "--log-file", str(log_file), "-v", *extra_args,
-    )  # fmt: skip
+    command = _foreground_command(urls_file, mountpoint, cache_dir, log_file, *extra_args)
     # The daemon's own stdout/stderr (tracebacks that escape logging) land beside its log.
     with open(log_file.with_suffix(".out"), "ab") as output:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
@@ -112,10 +116,7 @@ def mounted_in_namespace(
     through /proc/PID/root. The daemon is ended by its PID (SIGTERM unmounts) however the block exits, and the
     block fails if it logged an error."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    command = rangefs_command(
-        "mount", str(urls_file), str(mountpoint), "--foreground", "--cache-dir", str(cache_dir),
-        "--log-file", str(log_file), "-v", *extra_args,
-    )  # fmt: skip
+    command = _foreground_command(urls_file, mountpoint, cache_dir, log_file, *extra_args)
     with open(log_file.with_suffix(".out"), "ab") as output:
         process = subprocess.Popen(
             ["ip", "netns", "exec", namespace, *command], stdin=subprocess.DEVNULL, stdout=output, stderr=output

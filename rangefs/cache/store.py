@@ -265,13 +265,9 @@ class BlockCache:
 
     def drop_object(self, object_id: str) -> int:
         """Delete every cached piece of an object (a version that changed, or `cache clear`); returns how many."""
-        if self._index is None:
-            return 0
-        try:
-            keys = self._index.pieces_of(object_id)
-        except sqlite3.Error as error:
+        keys = self._pieces_of(object_id)
+        if keys is None or self._index is None:
             # Left to the LRU: the pieces cannot be served for another version, the object id names the version.
-            log.warning("cache: cannot find the pieces of %s: %s", object_id, error)
             return 0
         self._forget(keys)
         with contextlib.suppress(sqlite3.Error):
@@ -284,14 +280,18 @@ class BlockCache:
     def cached_bytes(self, object_id: str) -> int:
         """Bytes of an object held on disk, as the index knows them: pieces of several sizes may overlap (a
         4 KiB page inside a block), each byte counts once. Pieces still being written are not in yet."""
+        keys = self._pieces_of(object_id) or []
+        return covered_bytes(ByteRange(key.start, key.stop) for key in keys)
+
+    def _pieces_of(self, object_id: str) -> list[PieceKey] | None:
+        """The object's pieces the index lists; None when there is no index or it cannot be read."""
         if self._index is None:
-            return 0
+            return None
         try:
-            keys = self._index.pieces_of(object_id)
+            return self._index.pieces_of(object_id)
         except sqlite3.Error as error:
             log.warning("cache: cannot find the pieces of %s: %s", object_id, error)
-            return 0
-        return covered_bytes(ByteRange(key.start, key.stop) for key in keys)
+            return None
 
     def prune(self, limit: int) -> int:
         """Evict least recently used pieces until at most ``limit`` bytes remain; returns how many."""
