@@ -41,6 +41,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
@@ -48,7 +49,7 @@ from rangefs.blocks import BlockStore
 from rangefs.blocks.store import SMALL_READ_PIECE
 from rangefs.config import Entry
 from rangefs.counters import FileTraffic
-from rangefs.errors import RemoteChanged, RemoteError, RemoteUnreachable
+from rangefs.errors import RangesUnsupported, RemoteChanged, RemoteError, RemoteUnreachable
 from rangefs.ranges import ByteRange, clamp_read
 from rangefs.readahead import AccessPattern, ReadaheadConfig
 from rangefs.readahead.formats import planner_for
@@ -58,6 +59,7 @@ from rangefs.remote import Credentials, RemoteClient, RemoteMetadata
 from rangefs.remote.retry import is_transient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Reads at most this large that are not part of a sequential stream fetch only the small pieces they touch
 # (a SQLite page, a zip header) instead of whole blocks. Larger ones (a video player after a seek) are likely
@@ -405,13 +407,17 @@ class FileEngine:
         first open and the first after a change: the kernel then drops them)."""
         return self._handles[handle].keep_cache
 
-    async def read(self, handle: int, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset`` (fewer only at end of file) of the version opened."""
+    async def read(self, handle: int, offset: int, size: int, *, readahead: bool = True) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer only at end of file) of the version opened. Without
+        ``readahead`` the access pattern does not see the read, so it starts no prefetch (a download copying
+        what the cache holds must not set off fetches of what lies beyond)."""
         opened = self._handles[handle]
         tallies = (opened.file.traffic, self.traffic)
         for tally in tallies:
             tally.reads += 1
         try:
+            if not readahead:
+                return await self._checked(opened, self.store.read(opened.version, offset, size, tallies=tallies))
             return await self._read(opened, handle, offset, size, tallies)
         except BaseException:
             for tally in tallies:
@@ -429,10 +435,16 @@ class FileEngine:
                 self.prefetcher.cancel(handle, decision.dropped_streams)
             if decision.prefetch is not None:
                 self.prefetcher.submit(opened.version, handle, decision.prefetch)
+        small = decision.random_access and size <= _SPARSE_READ
+        piece_size = SMALL_READ_PIECE if small else 0
+        return await self._checked(
+            opened, self.store.read(opened.version, offset, size, piece_size=piece_size, tallies=tallies)
+        )
+
+    async def _checked(self, opened: OpenFile, reading: Awaitable[T]) -> T:
+        """What ``reading`` returns, if the handle's version is still the file's as it does."""
         try:
-            small = decision.random_access and size <= _SPARSE_READ
-            piece_size = SMALL_READ_PIECE if small else 0
-            data = await self.store.read(opened.version, offset, size, piece_size=piece_size, tallies=tallies)
+            result = await reading
         except RemoteChanged:
             opened.file.stale = True
             raise
@@ -440,7 +452,27 @@ class FileEngine:
         current = opened.file.metadata
         if current is not None and not current.same_version(opened.version.metadata):
             raise RemoteChanged(opened.file.url, "the file changed at the origin since it was opened")
-        return data
+        return result
+
+    async def fetch_direct(self, handle: int, wanted: ByteRange, sink: Callable[[bytes], None]) -> None:
+        """Stream ``wanted`` bytes of the handle's version from the origin into ``sink`` as they arrive, past
+        the block store: neither the memory tier nor the disk cache keeps them, and there is no single flight
+        with other readers (a download to a file, which is its own copy). Prefetch connections; the sink may
+        end it early with FetchStopped."""
+        opened = self._handles[handle]
+        try:
+            await self._checked(opened, opened.version.fetch_into(wanted, sink, demand=False))
+        except RangesUnsupported:
+            opened.version.ranges_unsupported()  # remembered: the file is read as a whole stream from now on
+            raise
+
+    def streams_whole(self, handle: int) -> bool:
+        """Whether the handle's version can only be read as one whole-file stream (its server ignores Range)."""
+        return self._handles[handle].version.streams_whole
+
+    def cached_ranges(self, handle: int) -> list[ByteRange]:
+        """The bytes of the handle's version that the disk cache holds, as its index lists them now."""
+        return self.store.cache.cached_ranges(self._handles[handle].version.object_id)
 
     def prefetch(self, handle: int, offset: int, size: int) -> None:
         """Fetch up to ``size`` bytes at ``offset`` of the handle's version in the background, within the

@@ -77,11 +77,36 @@ def run_bytes(run: range, block_size: int, file_size: int) -> ByteRange:
     return ByteRange(run.start * block_size, min(run.stop * block_size, file_size))
 
 
+def merged(ranges: Iterable[ByteRange]) -> list[ByteRange]:
+    """The union of the ranges as sorted, disjoint, non-adjacent, non-empty ranges."""
+    union: list[ByteRange] = []
+    for piece in sorted(ranges, key=lambda r: r.start):
+        if piece.length == 0:
+            continue
+        if union and piece.start <= union[-1].stop:
+            if piece.stop > union[-1].stop:
+                union[-1] = ByteRange(union[-1].start, piece.stop)
+            continue
+        union.append(piece)
+    return union
+
+
 def covered_bytes(ranges: Iterable[ByteRange]) -> int:
     """How many distinct bytes the ranges cover together (overlaps counted once)."""
-    total, reached = 0, 0
-    for piece in sorted(ranges, key=lambda r: r.start):
-        if piece.stop > reached:
-            total += piece.stop - max(piece.start, reached)
-            reached = piece.stop
-    return total
+    return sum(piece.length for piece in merged(ranges))
+
+
+def missing(wanted: ByteRange, present: Iterable[ByteRange]) -> list[ByteRange]:
+    """The bytes of ``wanted`` that none of ``present`` covers, as sorted disjoint ranges."""
+    holes, position = [], wanted.start
+    for piece in merged(present):
+        if piece.stop <= position:
+            continue
+        if piece.start >= wanted.stop:
+            break
+        if piece.start > position:
+            holes.append(ByteRange(position, piece.start))
+        position = max(position, piece.stop)
+    if position < wanted.stop:
+        holes.append(ByteRange(position, wanted.stop))
+    return holes

@@ -6,16 +6,29 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from rangefs.ranges import ByteRange, covered_bytes
 from tests import faults
-from tests.mounting import rangefs_command
+from tests.conftest import MountFactory
+from tests.mounting import rangefs_command, read_direct
 from tests.origin import Origin, OriginHandler, ServedFile, pattern_bytes
 from tests.test_mount_cache_limits import tiny_tmpfs
 
 MiB = 1024 * 1024
+
+
+def _eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
 
 
 def get(*args: str, cache: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -23,10 +36,10 @@ def get(*args: str, cache: Path, cwd: Path | None = None) -> subprocess.Complete
     return subprocess.run(command, capture_output=True, timeout=120, check=False, cwd=cwd)
 
 
-def test_get_to_a_file_in_parallel_parts_and_verified(origin: Origin, tmp_path: Path) -> None:
+def test_get_to_a_file_in_parallel_segments_and_verified(origin: Origin, tmp_path: Path) -> None:
     data = pattern_bytes(40 * MiB + 5, seed=30)
     url = origin.add("/big.bin", data)
-    origin.connection_rate = 40 * MiB  # per connection: parallel parts are what makes it fast
+    origin.connection_rate = 40 * MiB  # per connection: parallel segments are what makes it fast
     digest = hashlib.sha256(data).hexdigest()
     result = get(url, "-o", str(tmp_path), "--sha256", digest, cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr
@@ -35,13 +48,69 @@ def test_get_to_a_file_in_parallel_parts_and_verified(origin: Origin, tmp_path: 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["big.bin", "cache"]  # no partial left
     requests = origin.requests_for("/big.bin")
     assert sum(record.bytes_sent for record in requests) == len(data)  # each byte once
-    assert origin.max_in_flight >= 4  # several parts at once
-    # Everything is in the cache now: another name for the same URL costs no GET.
+    # One segment per connection (8), each a single request: not one request per 8 MiB readahead part.
+    assert origin.max_in_flight == len(requests) == 8
+
+
+def test_get_to_a_file_takes_from_the_cache_and_leaves_it_as_it_was(
+    origin: Origin, tmp_path: Path, mount_factory: MountFactory
+) -> None:
+    data = pattern_bytes(24 * MiB + 77, seed=34)
+    url = origin.add("/cached.bin", data)
+    cache = tmp_path / "cache"
+    mounted = mount_factory([url], cache_dir=cache)
+    path = mounted.path / "cached.bin"
+    for offset in (0, 5 * MiB + 3, 17 * MiB):  # three 1 MiB blocks and whatever the readahead adds
+        assert read_direct(path, offset, 100 * 1024) == data[offset : offset + 100 * 1024]
+
+    def xattr(name: str) -> int:
+        return int(os.getxattr(path, f"user.rangefs.{name}"))
+
+    _eventually(lambda: 0 < xattr("fetched_bytes") == xattr("cached_bytes"), "every fetched byte in the cache")
+    cached = xattr("cached_bytes")
+    assert cached < len(data)
+    mounted.unmount()
+    pieces = _piece_files(cache)
     origin.clear_log()
-    result = get(url, "-o", str(tmp_path / "copy.bin"), cache=tmp_path / "cache")
+    result = get(url, "-o", str(tmp_path / "copy.bin"), cache=cache)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "copy.bin").read_bytes() == data
-    assert origin.requests_for("/big.bin") == []
+    assert hashlib.sha256((tmp_path / "copy.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert origin.bytes_sent_for("/cached.bin") == len(data) - cached  # only what the cache lacks
+    # The download is its own copy: the cache holds what it held, not a second copy of the file.
+    assert _piece_files(cache) == pieces
+
+
+def _piece_files(cache: Path) -> dict[str, int]:
+    return {str(piece.relative_to(cache)): piece.stat().st_size for piece in cache.rglob("*+*") if piece.is_file()}
+
+
+def test_a_connection_that_finishes_takes_half_of_a_slow_one(origin: Origin, tmp_path: Path) -> None:
+    data = pattern_bytes(32 * MiB, seed=35)
+    url = origin.add("/uneven.bin", data)
+    served = origin.files["/uneven.bin"]
+
+    def slow_from_the_start(handler: OriginHandler, _served: ServedFile | None) -> bool:
+        if not (handler.headers.get("Range") or "").startswith("bytes=0-"):
+            return False
+        start, stop = 0, int(handler.headers["Range"].split("-")[1]) + 1
+        faults._start_206(handler, served, start, stop, {})
+        for offset in range(start, stop, 64 * 1024):  # 1 MiB/s: the other segments end long before
+            handler.wfile.write(data[offset : min(stop, offset + 64 * 1024)])
+            handler.record.bytes_sent += min(stop, offset + 64 * 1024) - offset
+            time.sleep(1 / 16)
+        return True
+
+    origin.faults["/uneven.bin"] = slow_from_the_start
+    result = get(url, "-o", str(tmp_path / "uneven.bin"), "--connections", "4", cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "uneven.bin").read_bytes() == data
+    requests = origin.requests_for("/uneven.bin")
+    spans = [_span(record.range) for record in requests]
+    first, (_, first_stop) = next((record, span) for record, span in zip(requests, spans, strict=True) if span[0] == 0)
+    assert first.bytes_sent < first_stop  # cut short where another connection took over
+    assert any(0 < start < first_stop for start, _ in spans), spans  # by a request inside its range
+    # The slow request stops soon after the half it kept; a little of the taken half may have been sent.
+    assert origin.bytes_sent_for("/uneven.bin") <= len(data) + MiB
 
 
 def test_get_streams_to_a_pipe_in_order(origin: Origin, tmp_path: Path) -> None:
@@ -72,28 +141,41 @@ def test_digest_mismatch_leaves_no_file(origin: Origin, tmp_path: Path) -> None:
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cache"]
 
 
+def _span(header: str | None) -> tuple[int, int]:
+    """Start and stop of a request's ``Range: bytes=A-B``."""
+    assert header is not None and header.startswith("bytes=")
+    first, last = header.removeprefix("bytes=").split("-")
+    return int(first), int(last) + 1
+
+
 def test_interrupted_download_resumes_from_the_partial_file(origin: Origin, tmp_path: Path) -> None:
     data = pattern_bytes(48 * MiB, seed=32)
     url = origin.add("/resume.bin", data)
 
     def refuse_the_second_half(handler: OriginHandler, served: ServedFile | None) -> bool:
         start = int((handler.headers.get("Range") or "bytes=0-").removeprefix("bytes=").split("-")[0] or 0)
-        return start >= 24 * MiB and faults.status(410)(handler, served)
+        if start < 24 * MiB:
+            return False
+        time.sleep(0.5)  # the first half has arrived, or some of it, when the refusal comes
+        return faults.status(410)(handler, served)
 
     origin.faults["/resume.bin"] = refuse_the_second_half
+    origin.connection_rate = 32 * MiB
     target = tmp_path / "resume.bin"
     result = get(url, "-o", str(target), cache=tmp_path / "cache")
     assert result.returncode == 1 and b"410" in result.stderr
     assert not target.exists()
     record = json.loads((tmp_path / "resume.bin.rangefs-part.json").read_text())
-    assert record["done"] == 24 * MiB
+    done = [ByteRange(start, stop) for start, stop in record["done"]]
+    assert done and done[-1].stop <= 24 * MiB  # what each connection had written when the refusal came
+    assert (tmp_path / "resume.bin.rangefs-part").read_bytes()[: done[0].stop] == data[: done[0].stop]
     del origin.faults["/resume.bin"]
     origin.clear_log()
-    # A fresh cache: the first half can only come from the partial file.
+    # A fresh cache: what is done can only come from the partial file.
     result = get(url, "-o", str(target), cache=tmp_path / "other-cache")
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
-    assert origin.bytes_sent_for("/resume.bin") == len(data) - 24 * MiB
+    assert origin.bytes_sent_for("/resume.bin") == len(data) - covered_bytes(done)
     assert not (tmp_path / "resume.bin.rangefs-part").exists()
 
 
@@ -124,3 +206,23 @@ def test_disk_full_is_one_line_and_resumable(origin: Origin, tmp_path: Path) -> 
         assert result.stderr.count(b"\n") == 1 and b"No space left on device" in result.stderr
         assert not (small / "large.bin").exists()  # never passed off as complete
         assert (small / "large.bin.rangefs-part").exists()
+
+
+def test_get_an_empty_file_and_one_smaller_than_a_segment(origin: Origin, tmp_path: Path) -> None:
+    empty = origin.add("/empty.bin", b"")
+    tiny = origin.add("/tiny.bin", b"seven b")
+    result = get(empty, tiny, "-o", str(tmp_path), cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "empty.bin").read_bytes() == b""
+    assert (tmp_path / "tiny.bin").read_bytes() == b"seven b"
+    assert [record.range for record in origin.requests_for("/tiny.bin")] == ["bytes=0-6"]
+
+
+def test_get_to_a_file_from_a_server_that_ignores_range(origin: Origin, tmp_path: Path) -> None:
+    data = pattern_bytes(20 * MiB + 3, seed=36)
+    url = origin.add("/norange.bin", data)
+    origin.faults["/norange.bin"] = faults.whole_file
+    result = get(url, "-o", str(tmp_path / "norange.bin"), cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256((tmp_path / "norange.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert origin.bytes_sent_for("/norange.bin") <= 2 * len(data)  # the probe's GET may be cut short, then one stream

@@ -14,6 +14,8 @@ from rangefs.ranges import (
     blocks_covering,
     clamp_read,
     covered_bytes,
+    merged,
+    missing,
     run_bytes,
     runs,
 )
@@ -73,3 +75,28 @@ def test_range_header_is_inclusive() -> None:
 def test_covered_bytes_counts_each_byte_once(pieces: list[tuple[int, int]]) -> None:
     ranges = [ByteRange(start, start + length) for start, length in pieces]
     assert covered_bytes(ranges) == len({byte for piece in ranges for byte in range(piece.start, piece.stop)})
+
+
+def _bytes(ranges: list[ByteRange]) -> set[int]:
+    return {byte for piece in ranges for byte in range(piece.start, piece.stop)}
+
+
+pieces = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 50)), max_size=20)
+
+
+@given(pieces)
+def test_merged_is_the_union_as_sorted_separate_ranges(spans: list[tuple[int, int]]) -> None:
+    ranges = [ByteRange(start, start + length) for start, length in spans]
+    union = merged(ranges)
+    assert _bytes(union) == _bytes(ranges)
+    assert all(piece.length > 0 for piece in union)
+    assert all(left.stop < right.start for left, right in itertools.pairwise(union))  # apart, not touching
+
+
+@given(st.integers(0, 250), st.integers(0, 250), pieces)
+def test_missing_is_what_no_present_range_covers(start: int, length: int, spans: list[tuple[int, int]]) -> None:
+    wanted = ByteRange(start, start + length)
+    present = [ByteRange(first, first + size) for first, size in spans]
+    holes = missing(wanted, present)
+    assert _bytes(holes) == set(range(wanted.start, wanted.stop)) - _bytes(present)
+    assert holes == merged(holes)

@@ -38,7 +38,7 @@ from pathlib import Path
 from rangefs.cache import blockfile
 from rangefs.cache.index import CacheIndex, ObjectUsage
 from rangefs.cache.key import PieceKey
-from rangefs.ranges import ByteRange, covered_bytes
+from rangefs.ranges import ByteRange, merged
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +280,12 @@ class BlockCache:
     def cached_bytes(self, object_id: str) -> int:
         """Bytes of an object held on disk, as the index knows them: pieces of several sizes may overlap (a
         4 KiB page inside a block), each byte counts once. Pieces still being written are not in yet."""
+        return sum(piece.length for piece in self.cached_ranges(object_id))
+
+    def cached_ranges(self, object_id: str) -> list[ByteRange]:
+        """The byte ranges of an object held on disk (sorted, disjoint), as the index knows them."""
         keys = self._pieces_of(object_id) or []
-        return covered_bytes(ByteRange(key.start, key.stop) for key in keys)
+        return merged(ByteRange(key.start, key.stop) for key in keys)
 
     def _pieces_of(self, object_id: str) -> list[PieceKey] | None:
         """The object's pieces the index lists; None when there is no index or it cannot be read."""

@@ -1,22 +1,22 @@
 """Where ``rangefs get`` puts bytes: a file, written under a partial name until verified, or stdout.
 
-A file download writes ``NAME.rangefs-part`` in order and, every ``_CHECKPOINT_BYTES``, makes what it wrote
-durable (fsync) and records it in ``NAME.rangefs-part.json`` (URL, version, size, bytes done; replaced
-atomically). A later run for the same URL finds that record and, if the origin still has the same version,
-goes on from there (the bytes before it come from the disk cache or the network either way; the partial file
-saves re-writing them). Only a complete download whose digest matched (when one was given) is renamed to
-NAME, so a file at NAME is always complete; NAME existing already is refused without ``--force``.
+A file download writes ``NAME.rangefs-part`` wherever its connections' bytes belong and, every
+``_CHECKPOINT_BYTES``, makes what it wrote durable (fsync) and records which byte ranges that is in
+``NAME.rangefs-part.json`` (URL, version, size, ranges done; replaced atomically). A later run for the same
+URL finds that record and, if the origin still has the same version, fetches only the rest. Only a complete
+download whose digest matched (when one was given) is renamed to NAME, so a file at NAME is always complete;
+NAME existing already is refused without ``--force``.
 
 A digest mismatch removes the partial file: its bytes are the origin's, but not what the user asked for.
 Any other failure (network, disk full, Ctrl-C) keeps it, resumable.
 
-The methods here block (disk I/O, hashing); the transfer calls them in a worker thread.
+The methods here block (disk I/O, hashing). ``write_at`` of a file is a pwrite into the page cache, done
+where the bytes arrive; the rest runs in worker threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from rangefs.errors import DownloadError
+from rangefs.ranges import ByteRange, merged
 from rangefs.remote import RemoteMetadata
 
 PART_SUFFIX = ".rangefs-part"
@@ -46,17 +47,25 @@ class Digest:
 
 
 class Sink(Protocol):
-    """Bytes of one download, in order; ``start`` says how many the sink already has."""
+    """Where one download's bytes go. ``open`` says which bytes it has already (a resumed partial file);
+    ``write_at`` puts bytes at their offset (a stream takes them only in order); ``checkpoint`` makes what is
+    ``done`` durable when ``checkpoint_due``; ``abort`` keeps what is done for a later run."""
 
     name: str
+    random_access: bool  # write_at may go anywhere (a file), not only on from the last byte (a stream)
 
-    def open(self, metadata: RemoteMetadata) -> int: ...
+    def open(self, metadata: RemoteMetadata) -> list[ByteRange]: ...
 
-    def write(self, data: bytes) -> None: ...
+    def write_at(self, offset: int, data: bytes | memoryview) -> None: ...
+
+    @property
+    def checkpoint_due(self) -> bool: ...
+
+    def checkpoint(self, done: list[ByteRange]) -> None: ...
 
     def finish(self) -> None: ...
 
-    def abort(self) -> None: ...
+    def abort(self, done: list[ByteRange]) -> None: ...
 
 
 class _Hasher:
@@ -64,7 +73,7 @@ class _Hasher:
         self.digest = digest
         self._hash = digest.new() if digest else None
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if self._hash is not None:
             self._hash.update(data)
 
@@ -81,17 +90,18 @@ class _Hasher:
 class FileSink:
     """A download into ``path`` through its partial file (see the module docstring)."""
 
+    random_access = True
+
     def __init__(self, path: Path, *, force: bool, digest: Digest | None) -> None:
         self.path = path
         self.name = str(path)
         self.partial = path.with_name(path.name + PART_SUFFIX)
         self.record = path.with_name(path.name + PART_SUFFIX + ".json")
         self._force = force
-        self._hasher = _Hasher(digest)
+        self._digest = digest
         self._fd: int | None = None
         self._metadata: RemoteMetadata | None = None
-        self._done = 0
-        self._checkpointed = 0
+        self._unrecorded = 0  # bytes written since the last checkpoint
 
     def check(self) -> None:
         """Refuse an output that exists (unless forced) or whose directory does not; before any request."""
@@ -102,76 +112,68 @@ class FileSink:
         if not self.path.parent.is_dir():
             raise DownloadError(f"directory {self.path.parent} does not exist")
 
-    def open(self, metadata: RemoteMetadata) -> int:
-        """Open the partial file; resume where a record of the same version says, else start at 0."""
+    def open(self, metadata: RemoteMetadata) -> list[ByteRange]:
+        """Open the partial file; the bytes a record of the same version says it holds, else none."""
         self._metadata = metadata
-        start = self._resumable(metadata)
+        done = self._resumable(metadata)
         try:
             self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o644)
-            os.ftruncate(self._fd, start)
-            os.lseek(self._fd, start, os.SEEK_SET)
-            if start:
-                self._hash_existing(start)
+            if not done:
+                os.ftruncate(self._fd, 0)
         except OSError as error:
             raise DownloadError(f"cannot write {self.partial}: {error.strerror}") from None
-        self._done = self._checkpointed = start
-        return start
+        return done
 
-    def _resumable(self, metadata: RemoteMetadata) -> int:
+    def _resumable(self, metadata: RemoteMetadata) -> list[ByteRange]:
         try:
             record = json.loads(self.record.read_text())
-            done = int(record["done"])
-            same = record["object_id"] == metadata.object_id and record["size"] == metadata.size
-            if same and 0 <= done <= metadata.size and self.partial.stat().st_size >= done:
-                return done
+            if record["object_id"] != metadata.object_id or record["size"] != metadata.size:
+                return []
+            done = merged(ByteRange(int(start), int(stop)) for start, stop in record["done"])
+            if done and (done[-1].stop > metadata.size or self.partial.stat().st_size < done[-1].stop):
+                return []
+            return done
         except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return 0
+            return []
 
-    def _hash_existing(self, length: int) -> None:
-        with open(self.partial, "rb") as existing:
-            remaining = length
-            while remaining:
-                data = existing.read(min(_HASH_READ, remaining))
-                if not data:
-                    raise OSError(errno.EIO, "partial file shorter than its record")
-                self._hasher.update(data)
-                remaining -= len(data)
-
-    def write(self, data: bytes) -> None:
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
         assert self._fd is not None
         view = memoryview(data)
         try:
             while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            self._hasher.update(data)
-            self._done += len(data)
-            if self._done - self._checkpointed >= _CHECKPOINT_BYTES:
-                self._checkpoint()
+                written = os.pwrite(self._fd, view, offset)
+                view, offset = view[written:], offset + written
         except OSError as error:
-            raise DownloadError(
-                f"cannot write {self.partial}: {error.strerror}; run again to resume from {self._checkpointed} bytes"
-            ) from None
+            raise DownloadError(f"cannot write {self.partial}: {error.strerror}; run again to resume") from None
+        self._unrecorded += len(data)
 
-    def _checkpoint(self) -> None:
+    @property
+    def checkpoint_due(self) -> bool:
+        return self._unrecorded >= _CHECKPOINT_BYTES
+
+    def checkpoint(self, done: list[ByteRange]) -> None:
+        """Make the ``done`` bytes durable (fsync), then record them: a crash loses at most what came since."""
         assert self._fd is not None and self._metadata is not None
+        self._unrecorded = 0
         os.fsync(self._fd)
         record = {
             "url": self._metadata.url,
             "object_id": self._metadata.object_id,
             "size": self._metadata.size,
-            "done": self._done,
+            "done": [[piece.start, piece.stop] for piece in merged(done)],
         }
         temporary = self.record.with_name(self.record.name + ".tmp")
         temporary.write_text(json.dumps(record))
         temporary.replace(self.record)
-        self._checkpointed = self._done
 
     def finish(self) -> None:
         """Verify, make durable and rename into place; a mismatch removes the partial file."""
-        assert self._fd is not None
-        problem = self._hasher.mismatch()
+        assert self._fd is not None and self._metadata is not None
+        try:
+            os.ftruncate(self._fd, self._metadata.size)  # a file ending in a hole of zeros is not a short one
+            problem = self._mismatch()
+        except OSError as error:
+            raise DownloadError(f"cannot read back {self.partial}: {error.strerror}") from None
         if problem:
             self._close()
             self._remove_partial()
@@ -184,12 +186,23 @@ class FileSink:
             raise DownloadError(f"cannot write {self.path}: {error.strerror}") from None
         self.record.unlink(missing_ok=True)
 
-    def abort(self) -> None:
+    def _mismatch(self) -> str | None:
+        """The digest checked over the whole file, read back: its parts were written in any order (the
+        page cache still holds them, so this costs the hash, not a disk read)."""
+        if self._digest is None:
+            return None
+        hasher = _Hasher(self._digest)
+        with open(self.partial, "rb") as written:
+            while data := written.read(_HASH_READ):
+                hasher.update(data)
+        return hasher.mismatch()
+
+    def abort(self, done: list[ByteRange]) -> None:
         """Keep what was written as a resumable partial download."""
         if self._fd is None:
             return
         with contextlib.suppress(OSError):
-            self._checkpoint()
+            self.checkpoint(done)
         self._close()
 
     def _close(self) -> None:
@@ -209,14 +222,17 @@ class StreamSink:
         self.name = "-"
         self._fd = fd
         self._hasher = _Hasher(digest)
+        self._position = 0
 
     def check(self) -> None:
         pass
 
-    def open(self, metadata: RemoteMetadata) -> int:
-        return 0
+    def open(self, metadata: RemoteMetadata) -> list[ByteRange]:
+        return []
 
-    def write(self, data: bytes) -> None:
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        if offset != self._position:
+            raise ValueError(f"a stream is written in order: {offset} is not {self._position}")
         view = memoryview(data)
         try:
             while view:
@@ -226,11 +242,18 @@ class StreamSink:
         except OSError as error:
             raise DownloadError(f"cannot write to standard output: {error.strerror}") from None
         self._hasher.update(data)
+        self._position += len(data)
+
+    random_access = False
+    checkpoint_due = False
+
+    def checkpoint(self, done: list[ByteRange]) -> None:
+        pass
 
     def finish(self) -> None:
         problem = self._hasher.mismatch()
         if problem:
             raise DownloadError(problem)
 
-    def abort(self) -> None:
+    def abort(self, done: list[ByteRange]) -> None:
         pass

@@ -1,15 +1,14 @@
-"""One download: the engine's readahead parts fetched in parallel, written in order, with bounded memory.
+"""One download: to a file in segments over parallel connections (segmented.py), to a stream in order.
 
-The file is read front to back in parts of ``part_size`` (the readahead's request size, 8 MiB). Ahead of
-the part being read, ``window`` bytes are asked for with the file's explicit prefetch, which the engine
-splits into parts fetched over the host's connections (``--connections``) within its byte budget, adapting
-to 429/503 (AIMD) and retrying as every fetch does. Parts already in the disk cache (an earlier ``get``, a
-mount, the API) are not fetched: that is the resume from the cache. Parts complete in any order; the reader
-takes them in order and hands each to the writer (a worker thread: write, hash) through a channel of
-``_WRITE_QUEUE`` parts, so at most ``window`` + the queue are in memory whatever the file's size.
-
-The window is the connections' worth of parts plus two, so a connection that finishes its part finds the
-next one already asked for: more would only queue for a connection, holding memory.
+In order (a stream, or a file whose server ignores Range): the file is read front to back in parts of
+``part_size`` (the readahead's request size, 8 MiB). Ahead of the part being read, ``window`` bytes are asked
+for with the file's explicit prefetch, which the engine splits into parts fetched over the host's
+connections (``--connections``) within its byte budget, adapting to 429/503 (AIMD) and retrying as every
+fetch does. Parts already in the disk cache (an earlier ``get``, a mount, the API) are not fetched. Parts
+complete in any order; the reader takes them in order and hands each to the writer (a worker thread: write,
+hash) through a channel of ``_WRITE_QUEUE`` parts, so at most ``window`` + the queue are in memory whatever
+the file's size. The window is the connections' worth of parts plus two, so a connection that finishes its
+part finds the next one already asked for: more would only queue for a connection, holding memory.
 """
 
 from __future__ import annotations
@@ -21,13 +20,17 @@ from dataclasses import dataclass
 import trio
 
 from rangefs.download.output import Sink
-from rangefs.library import AsyncSession
+from rangefs.download.segmented import SegmentedDownload
+from rangefs.library import AsyncRemoteFile, AsyncSession
 from rangefs.library.options import HeadersArg
+from rangefs.ranges import ByteRange
 
 log = logging.getLogger(__name__)
 
 # Parts waiting for the writer: enough that the reader rarely waits for the disk, few for memory.
 _WRITE_QUEUE = 2
+# Bytes per read of the in-order path: one block of the default size.
+_READ = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,44 +60,89 @@ async def transfer(
     progress: Progress | None = None,
 ) -> int:
     """Download ``url`` into ``sink``; returns its size. OSError for the remote side, DownloadError for the
-    output; on either the sink is aborted (a file stays resumable)."""
+    output; on either the sink is aborted (a file stays resumable). A sink that can be written anywhere (a
+    file) gets segments over parallel connections (segmented.py); a stream, or any sink of a server that
+    ignores Range, gets the bytes in order."""
     file = await session.open(url, headers=headers)
+    done: Callable[[], list[ByteRange]] = list
     try:
-        position = await trio.to_thread.run_sync(sink.open, file.metadata)
+        already = await trio.to_thread.run_sync(sink.open, file.metadata)
         if started is not None:
-            started(file.size, position)
+            started(file.size, sum(piece.length for piece in already))
+        counted = progress or (lambda _count: None)
+        segmented = finished = sink.random_access and not file.streams_whole
+        if segmented:
+            download = SegmentedDownload(
+                file,
+                sink,
+                already,
+                connections=session.settings.connections,
+                first_request=plan.part_size,
+                timeout=session.settings.timeout,
+                progress=counted,
+            )
+            done = download.done
+            finished = await download.run()
+        if not finished:  # a stream, or a server that ignores Range (known before, or found out just now)
+            ordered = _InOrder(file, sink, plan, counted)
+            done = ordered.done
+            await ordered.run()
+        await trio.to_thread.run_sync(sink.finish)
+        return file.size
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(sink.abort, done())
+        raise
+    finally:
+        file.close_nowait()
+
+
+class _InOrder:
+    """The file front to back through the engine's explicit prefetch, each part handed to the writer in
+    order (see the module docstring)."""
+
+    def __init__(self, file: AsyncRemoteFile, sink: Sink, plan: TransferPlan, progress: Progress) -> None:
+        self._file = file
+        self._sink = sink
+        self._plan = plan
+        self._progress = progress
+        self._written = 0
+
+    def done(self) -> list[ByteRange]:
+        return [ByteRange(0, self._written)] if self._written else []
+
+    async def run(self) -> None:
+        file, position = self._file, 0
         send, receive = trio.open_memory_channel[bytes](_WRITE_QUEUE)
         failure: OSError | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write, sink, receive, progress)
+            nursery.start_soon(self._write, receive)
             async with send:
                 asked = position
                 try:
                     while position < file.size:
-                        ahead = min(file.size, position + plan.window)
-                        if ahead > asked:
-                            file.prefetch(asked, ahead - asked)
+                        ahead = min(file.size, position + self._plan.window)
+                        if ahead - asked >= self._plan.part_size or ahead == file.size > asked:
+                            file.prefetch(asked, ahead - asked)  # whole parts: each asked for is a request
                             asked = ahead
-                        data = await file.read_at(position, min(plan.part_size, file.size - position))
+                        # Read in small steps: only the window is in memory, not also parts waiting to be
+                        # written. The explicit prefetch is the plan; the access pattern's would add to it.
+                        data = await file.read_at(position, min(_READ, file.size - position), readahead=False)
                         await send.send(data)
                         position += len(data)
                 except OSError as error:
                     failure = error  # the remote side failed: the parts read before it are still written
         if failure is not None:
             raise failure
-        await trio.to_thread.run_sync(sink.finish)
-        return file.size
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(sink.abort)
-        raise
-    finally:
-        file.close_nowait()
 
+    async def _write(self, parts: trio.MemoryReceiveChannel[bytes]) -> None:
+        async with parts:
+            async for data in parts:
+                await trio.to_thread.run_sync(self._write_part, data)
+                self._progress(len(data))
 
-async def _write(sink: Sink, parts: trio.MemoryReceiveChannel[bytes], progress: Progress | None) -> None:
-    async with parts:
-        async for data in parts:
-            await trio.to_thread.run_sync(sink.write, data)
-            if progress is not None:
-                progress(len(data))
+    def _write_part(self, data: bytes) -> None:
+        self._sink.write_at(self._written, data)
+        self._written += len(data)
+        if self._sink.checkpoint_due:
+            self._sink.checkpoint(self.done())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import PurePosixPath
 from types import TracebackType
@@ -27,8 +27,10 @@ from rangefs import stack
 from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings, name_from_url
 from rangefs.engine import FileEngine
+from rangefs.errors import RangesUnsupported
 from rangefs.library.options import Headers, HeadersArg, check_url, headers_from, settings_from
 from rangefs.library.oserrors import translated
+from rangefs.ranges import ByteRange
 from rangefs.remote import RemoteMetadata
 
 log = logging.getLogger(__name__)
@@ -178,13 +180,37 @@ class AsyncRemoteFile:
             raise ValueError("I/O operation on closed file")
         return self._session.engine
 
-    async def read_at(self, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset`` (fewer only at end of file); the position does not move."""
+    async def read_at(self, offset: int, size: int, *, readahead: bool = True) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer only at end of file); the position does not move.
+        ``readahead=False``: the read starts no prefetch, whatever the reads before it were."""
         engine = self._check_open()
         if offset < 0 or size < 0:
             raise ValueError("offset and size must not be negative")
         with translated():
-            return await engine.read(self.handle, offset, size)
+            return await engine.read(self.handle, offset, size, readahead=readahead)
+
+    @property
+    def streams_whole(self) -> bool:
+        """Whether the server ignores Range, so that the file can only be read front to back."""
+        return self._check_open().streams_whole(self.handle)
+
+    def cached_ranges(self) -> list[ByteRange]:
+        """The bytes of this version the disk cache holds now (sorted, disjoint)."""
+        return self._check_open().cached_ranges(self.handle)
+
+    async def fetch_direct(self, wanted: ByteRange, sink: Callable[[bytes], None]) -> bool:
+        """Pass the ``wanted`` bytes of this version to ``sink`` as they arrive from the origin, without
+        keeping them in memory or in the cache (for a caller that stores them itself: ``rangefs get -o``).
+        Retried and resumed as every fetch; ``sink`` may raise ``rangefs.remote.FetchStopped`` to end it
+        early. False, with nothing passed to ``sink``, when the server turns out to ignore Range (from then
+        on ``streams_whole``); OSError as for reads."""
+        engine = self._check_open()
+        with translated():
+            try:
+                await engine.fetch_direct(self.handle, wanted, sink)
+            except RangesUnsupported:
+                return False
+        return True
 
     async def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes from the position (all the rest when negative), and move past them."""

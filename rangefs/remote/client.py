@@ -77,6 +77,11 @@ class ClientStatistics(RequestTally):
     requests_refused: int = 0
 
 
+class FetchStopped(Exception):
+    """Raised by the sink of ``fetch_into`` to end the fetch before its range ends; it leaves ``fetch_into``
+    as it is, neither retried nor counted as an error (the connection is closed, its body being unread)."""
+
+
 @dataclass
 class _Progress:
     """Where the attempts of one fetch send what they receive, how much that is so far, and the tallies
@@ -402,11 +407,13 @@ class RemoteClient:
         try:
             try:
                 yield
+            except FetchStopped:
+                raise
             except Exception:
                 for tally in counts or (self.stats,):
                     tally.errors += 1
                 raise
-        except RemoteError:
+        except (RemoteError, FetchStopped):
             raise
         except httpx.TimeoutException as error:
             raise RemoteUnreachable(url, self._explained(url, error)) from None
