@@ -1,5 +1,6 @@
-"""``rangefs get``: downloads through the engine, its readahead parts and its disk cache (transfer.py), into files
-written under a partial name until verified or to stdout in order (output.py), with progress (progress.py).
+"""``rangefs get``: downloads through the engine (transfer.py): into files in segments over parallel connections
+(segmented.py, segments.py), written under a partial name until verified, or to stdout in order through the
+readahead's parts and the disk cache (output.py), with progress (progress.py).
 
 Files are downloaded ``jobs`` at a time in one AsyncSession, so they share the connections per host (and
 their AIMD limits) and the byte budget; stdout takes the URLs one after another, in the order given.
