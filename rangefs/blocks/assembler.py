@@ -17,7 +17,8 @@ class RunAssembler:
     def __init__(self, run: Sequence[Entry]) -> None:
         self._run = run
         self._next = 0  # the piece being assembled
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # the piece being gathered from several chunks
+        self._filled = 0  # bytes of it so far
         self.received = 0  # bytes of the run so far
 
     def __repr__(self) -> str:
@@ -40,16 +41,23 @@ class RunAssembler:
         while view:
             if self.done:
                 raise ValueError("more bytes than the run asked for")
-            entry = self._run[self._next]
-            need = entry[0].length - len(self._buffer)
-            if not self._buffer and len(view) >= need:
+            length = self._run[self._next][0].length
+            need = length - self._filled
+            if not self._filled and len(view) >= need:
                 data, view = view[:need], view[need:]
             else:
-                self._buffer += view[:need]
-                view = view[need:]
-                if len(self._buffer) < entry[0].length:
+                if not self._filled:
+                    # Exactly the piece's size: growing it chunk by chunk would copy it again at each
+                    # resize and leave it up to an eighth larger than its bytes while it sits in memory.
+                    self._buffer = bytearray(length)
+                take = min(need, len(view))
+                self._buffer[self._filled : self._filled + take] = view[:take]
+                self._filled += take
+                view = view[take:]
+                if self._filled < length:
                     break
-                data, self._buffer = memoryview(self._buffer), bytearray()
+                data, self._buffer, self._filled = memoryview(self._buffer), bytearray(), 0
+            entry = self._run[self._next]
             completed.append((entry, data))
             self._next += 1
         return completed
