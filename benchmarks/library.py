@@ -89,7 +89,7 @@ def python_row(kind: str, tool: str, url: str, scratch: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_measured(command: str) -> tuple[float, int, int]:
+def run_measured(command: str, cwd: Path) -> tuple[float, int, int]:
     """Run a shell command; its wall seconds, the largest peak RSS (KiB) of its processes, and exit code.
 
     The peak comes from GNU time around each process of the pipeline: wait4 on the shell would report at
@@ -97,8 +97,9 @@ def run_measured(command: str) -> tuple[float, int, int]:
     started = time.perf_counter()
     report = Path(tempfile.mktemp(prefix="rss-"))
     timed = " | ".join(f"/usr/bin/time -a -o {report} -f %M {part.strip()}" for part in command.split(" | "))
+    # In a scratch directory: HydraStream keeps its state (download/.states) in the current one.
     result = subprocess.run(["bash", "-c", f"set -o pipefail; {timed}"], stdin=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, check=False)  # fmt: skip
+                            stderr=subprocess.DEVNULL, check=False, cwd=cwd)  # fmt: skip
     seconds = time.perf_counter() - started
     peaks = [int(line) for line in report.read_text().split() if line.isdigit()] if report.exists() else [0]
     report.unlink(missing_ok=True)
@@ -143,7 +144,7 @@ def measure_downloads(base_url: str, access: nginx.AccessLog, scratch: Path, siz
     for tool, command in download_rows(url, scratch, size):
         (scratch / "out").mkdir(exist_ok=True)
         mark = access.mark()
-        seconds, rss_kib, code = run_measured(command)
+        seconds, rss_kib, code = run_measured(command, scratch / "out")
         traffic = access.traffic_since(mark, "/big.bin")
         rows.append({"what": "get", "tool": tool, "seconds": seconds, "requests": traffic.requests,
                      "bytes": traffic.body_bytes, "connections": traffic.connections, "rss_kib": rss_kib,
