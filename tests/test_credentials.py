@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from rangefs.remote.expiry import expiry_of
+from tests import faults
 from tests.conftest import MountFactory
 from tests.mounting import read_direct
 from tests.origin import Fault, Origin, OriginHandler, ServedFile, pattern_bytes
@@ -214,3 +215,26 @@ def test_netrc_credentials_for_listed_hosts_and_a_configured_header_wins(
 )
 def test_expiry_of_signed_urls(url: str, expires: float | None) -> None:
     assert expiry_of(url) == expires
+
+
+def test_a_server_that_ignores_range_gets_renewed_credentials_for_its_whole_file_stream(
+    origin: Origin, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    data = pattern_bytes(3 * MiB + 5, seed=24)
+    url = origin.add("/whole.bin", data)
+    token = ExpiringToken()
+
+    def checked_then_whole(handler: OriginHandler, served: ServedFile | None) -> bool:
+        return token(handler, served) or faults.whole_file(handler, served)
+
+    origin.faults["/whole.bin"] = checked_then_whole
+    command, counter = _counting_command(tmp_path, "header", 'echo "Authorization: Bearer token-$n"')
+    # A cache and a memory tier of one block: a second read streams the file again.
+    limits = ("--no-format-prefetch", "--max-readahead", "0", "--cache-size", "1M")
+    mounted = mount_factory(["whole.bin " + url, f"    header-command = {command}"], *limits)
+    path = mounted.path / "whole.bin"
+    assert read_direct(path, 0, len(data)) == data  # learns that the server ignores Range, with token-1
+    token.expire()  # the next stream's first request is refused
+    assert hashlib.sha256(read_direct(path, 0, len(data))).digest() == hashlib.sha256(data).digest()
+    assert _runs(counter) == 2
+    assert token.refused == 1

@@ -230,28 +230,43 @@ class RemoteClient:
         self, metadata: RemoteMetadata, access: Access = (), *, tallies: Sequence[RequestTally] = ()
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """The whole file, in order, for servers that ignore Range; checked to be the version expected.
-        Not retried, so credentials are not renewed on a refusal here (only ahead of their expiry)."""
+        Not retried (a stream cannot resume), but credentials that the server refuses (401/403) are renewed
+        once, as for every other request."""
         url = metadata.url
-        grant = await _credentials(url, access).grant()
+        credentials = _credentials(url, access)
+        grant = await credentials.grant()
         counts = (self.stats, *tallies)
         progress = _Progress(lambda _chunk: None, counts)
-        for tally in counts:
-            tally.requests += 1
         async with AsyncExitStack() as stack:
             stack.enter_context(_in_flight(counts, metadata.size, progress))
-            # Translation covers the request and each chunk, not the caller's body (its errors are its own).
-            with self._translated(url, counts):
-                request = self._sender.request("GET", grant.url, grant.headers, Attempt())
-                response = await stack.enter_async_context(request)
-                if response.status_code != 200:
-                    raise _status_error(url, response)
-                encoding = response.headers.get("content-encoding", "identity").strip().lower()
-                if encoding not in ("", "identity"):
-                    raise InvalidResponse(url, f"whole file sent with Content-Encoding {encoding!r}")
-                difference = whole_file_difference(metadata, response.headers)
-                if difference is not None:
-                    raise RemoteChanged(url, f"the file changed: {difference}")
+            for renewal in range(2):
+                for tally in counts:
+                    tally.requests += 1
+                async with AsyncExitStack() as attempt:
+                    # Translation covers the request and each chunk, not the caller's body (its errors are its own).
+                    with self._translated(url, counts):
+                        request = self._sender.request("GET", grant.url, grant.headers, Attempt())
+                        response = await attempt.enter_async_context(request)
+                        refused = response.status_code in _REFUSED and credentials.refreshable and not renewal
+                        if not refused:
+                            self._check_whole(url, metadata, response)
+                            stack.push_async_exit(attempt.pop_all())  # the response stays open for the body
+                            break
+                log.info("%s answered %d; renewing its credentials", url, response.status_code)
+                grant = await credentials.renew(grant)
             yield self._counted(url, response, progress)
+
+    @staticmethod
+    def _check_whole(url: str, metadata: RemoteMetadata, response: httpx.Response) -> None:
+        """A whole-file answer must be a 200 of the version expected, not encoded."""
+        if response.status_code != 200:
+            raise _status_error(url, response)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise InvalidResponse(url, f"whole file sent with Content-Encoding {encoding!r}")
+        difference = whole_file_difference(metadata, response.headers)
+        if difference is not None:
+            raise RemoteChanged(url, f"the file changed: {difference}")
 
     async def _counted(self, url: str, response: httpx.Response, progress: _Progress) -> AsyncIterator[bytes]:
         # aclosing: a reader that stops early must not leave httpx's generator for the garbage collector.
