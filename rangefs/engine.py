@@ -437,9 +437,13 @@ class FileEngine:
                 self.prefetcher.submit(opened.version, handle, decision.prefetch)
         small = decision.random_access and size <= _SPARSE_READ
         piece_size = SMALL_READ_PIECE if small else 0
-        return await self._checked(
-            opened, self.store.read(opened.version, offset, size, piece_size=piece_size, tallies=tallies)
-        )
+        started = trio.current_time()
+        try:
+            return await self._checked(
+                opened, self.store.read(opened.version, offset, size, piece_size=piece_size, tallies=tallies)
+            )
+        finally:
+            opened.pattern.waited(decision.stream_id, trio.current_time() - started)
 
     async def _checked(self, opened: OpenFile, reading: Awaitable[T]) -> T:
         """What ``reading`` returns, if the handle's version is still the file's as it does."""

@@ -129,6 +129,48 @@ def test_fast_readers_reach_the_full_window() -> None:
     assert furthest >= CONFIG.max_window - CONFIG.request_size
 
 
+def _furthest_ahead_within(seconds: float, *, waits: bool) -> int:
+    """A reader held to 4 MiB/s: by the network (each read waits for its bytes) or by its own pace."""
+    pattern = AccessPattern(CONFIG, 1024 * MiB)
+    furthest, rate, number = 0, 4 * MiB, 0
+    while (now := number * MiB / rate) < seconds:
+        decision = pattern.on_read(number * MiB, MiB, now=now)
+        if waits:
+            pattern.waited(decision.stream_id, 0.9 * MiB / rate)
+        if decision.prefetch:
+            furthest = max(furthest, decision.prefetch.stop - (number + 1) * MiB)
+        number += 1
+    return furthest
+
+
+def test_a_reader_waiting_for_the_network_is_not_taken_for_a_slow_one() -> None:
+    # Both read 4 MiB/s. Capped by its own measured pace, a cold `cat` on a slow start would only ever get
+    # a window of what the first round trips delivered; the one that waited for its bytes gets the window
+    # grown, the video player that reads what is there keeps about a second ahead.
+    # Waiting 90 % of the time, its own pace is 40 MiB/s: a window of about that, not of 4 MiB, once it has
+    # read two requests' worth (16 MiB: 4 s); before, both are treated alike (a player's first frame waits too).
+    assert _furthest_ahead_within(3.5, waits=True) == _furthest_ahead_within(3.5, waits=False)
+    assert _furthest_ahead_within(6.0, waits=True) >= 24 * MiB
+    assert _furthest_ahead_within(6.0, waits=False) <= 4 * MiB + 2 * MiB
+
+
+@given(
+    read_size=st.sampled_from([128 * KiB, MiB]),
+    waits=st.lists(st.floats(0, 0.5), min_size=1, max_size=100),
+)
+def test_waiting_only_ever_widens_the_window(read_size: int, waits: list[float]) -> None:
+    waiting, plain = AccessPattern(CONFIG, 1024 * MiB), AccessPattern(CONFIG, 1024 * MiB)
+    reach = {id(waiting): 0, id(plain): 0}
+    for number, wait in enumerate(waits):
+        for pattern in (waiting, plain):
+            decision = pattern.on_read(number * read_size, read_size, now=number * 0.05)
+            if decision.prefetch:
+                reach[id(pattern)] = decision.prefetch.stop
+            if pattern is waiting:
+                pattern.waited(decision.stream_id, wait)
+        assert reach[id(waiting)] >= reach[id(plain)]
+
+
 @given(gaps=st.lists(st.integers(16 * KiB, 4 * MiB), min_size=1, max_size=300))
 def test_sparse_increasing_reads_prefetch_nothing(gaps: list[int]) -> None:
     # SQLite walking a B-tree: 4 KiB pages in increasing order with gaps between them.

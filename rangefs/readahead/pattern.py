@@ -84,6 +84,8 @@ class Decision:
     dropped_streams: tuple[int, ...] = ()
     # The read is not (yet) part of a sequential stream: as far as anyone knows, a random access.
     random_access: bool = False
+    # The stream the read belongs to (None: past end of file), for ``AccessPattern.waited``.
+    stream_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +99,7 @@ class _Stream:
     read_bytes: int = 0
     in_order_reads: int = 0
     window: int = 0
+    waited: float = 0.0  # seconds its reads waited for fetches (``AccessPattern.waited``)
 
 
 @dataclass
@@ -137,14 +140,25 @@ class AccessPattern:
         self.stats.reads += 1
         stream = self._stream_continued_by(offset)
         if stream is None:
-            return Decision(dropped_streams=self._start_stream(offset, end, now), random_access=True)
+            dropped = self._start_stream(offset, end, now)
+            return Decision(dropped_streams=dropped, random_access=True, stream_id=self._streams[-1].stream_id)
         stream.last_used = self._clock
         if offset <= stream.end + self.config.block_size:
             stream.in_order_reads += 1
         stream.end = max(stream.end, end)
         stream.read_bytes += end - offset
         stream.prefetched_until = max(stream.prefetched_until, self._block_ceiling(end))
-        return Decision(prefetch=self._prefetch_for(stream, now), random_access=not self._is_sequential(stream))
+        return Decision(
+            prefetch=self._prefetch_for(stream, now),
+            random_access=not self._is_sequential(stream),
+            stream_id=stream.stream_id,
+        )
+
+    def waited(self, stream_id: int | None, seconds: float) -> None:
+        """The read of a stream waited ``seconds`` for its bytes: time the reader did not spend reading."""
+        for stream in self._streams:
+            if stream.stream_id == stream_id:
+                stream.waited += max(0.0, seconds)
 
     def _stream_continued_by(self, offset: int) -> _Stream | None:
         best: _Stream | None = None
@@ -183,7 +197,13 @@ class AccessPattern:
     def _window_cap(self, stream: _Stream, now: float | None) -> int:
         if now is None or stream.started_at is None:
             return self.config.max_window
-        elapsed = max(now - stream.started_at, self.config.rate_floor)
+        # The reader's own pace: time it spent waiting for our fetches is not time it took to read. Counted
+        # in, a cold `cat` looks as slow as the network lets it be, and its window stays what the last round
+        # trips delivered, not what it could take; a slow consumer reading what is already here (a video
+        # player) waits for nothing and keeps its small window. Only past two requests' worth: a player that
+        # decodes one frame after a seek also waits for its first few MiB, and then stops.
+        waited = stream.waited if stream.read_bytes >= 2 * self.config.request_size else 0.0
+        elapsed = max(now - stream.started_at - waited, self.config.rate_floor)
         per_horizon = stream.read_bytes * self.config.rate_horizon / elapsed
         return max(self.config.block_size, min(self.config.max_window, int(per_horizon)))
 
