@@ -4,11 +4,13 @@ work until only short remainders are left."""
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from rangefs.download.segments import Segment, SegmentPlan
+from rangefs.download.segments import Segment, SegmentPlan, bridged
 from rangefs.ranges import ByteRange, merged
 
 holes = st.lists(st.tuples(st.integers(0, 3000), st.integers(1, 400)), min_size=1, max_size=6).map(
@@ -101,3 +103,16 @@ def test_connections_writing_at_any_pace_write_every_byte_once(
             connections[index] = None
     assert sorted(written) == sorted(_bytes(missing))  # each byte once, none missing
     assert plan.outstanding() == []
+
+
+@given(holes, st.integers(1, 300))
+def test_bridged_fills_only_short_spaces_between_holes(missing: list[ByteRange], gap: int) -> None:
+    joined = bridged(missing, gap)
+    assert _bytes(missing) <= _bytes(joined)
+    assert all(right.start - left.stop >= gap for left, right in itertools.pairwise(joined))
+    spaces = merged(
+        ByteRange(left.stop, right.start)
+        for left, right in itertools.pairwise(missing)
+        if right.start - left.stop < gap
+    )
+    assert _bytes(joined) - _bytes(missing) == _bytes(spaces)  # nothing else was added

@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import signal
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from urllib.parse import urlsplit
 
 import trio
 
@@ -38,6 +41,7 @@ class GetJob:
     sink: FileSink | StreamSink
     headers: Headers = ()
     error: str | None = None
+    finished: bool = False  # downloaded completely
 
 
 def settings_for_get(settings: MountSettings) -> MountSettings:
@@ -49,18 +53,44 @@ def settings_for_get(settings: MountSettings) -> MountSettings:
     return dataclasses.replace(settings, max_readahead=(window + 2 * settings.prefetch_part_size) // 2)
 
 
-async def get_all(jobs: Sequence[GetJob], settings: MountSettings, *, parallel: int, reporter: Reporter) -> None:
-    """Run every job (``parallel`` files at a time, stdout ones in order); each records its own error."""
-    plan = TransferPlan.for_connections(settings.connections, settings.prefetch_part_size)
+async def get_all(
+    jobs: Sequence[GetJob], settings: MountSettings, *, parallel: int, reporter: Reporter
+) -> signal.Signals | None:
+    """Run every job (``parallel`` files at a time, stdout ones in order); each records its own error.
+    SIGINT or SIGTERM stops them all (each file records what it has, resumable); returns that signal."""
+    hosts = Counter(urlsplit(job.url).netloc for job in jobs)
+    stopped_by: signal.Signals | None = None
     async with AsyncSession(settings) as session:
         limiter = trio.CapacityLimiter(parallel)
         streaming = _Streaming()
-        async with trio.open_nursery() as nursery:
-            for job in jobs:
-                nursery.start_soon(
-                    partial(_run, session, job, plan, limiter=limiter, streaming=streaming, reporter=reporter)
-                )
-                await trio.lowlevel.checkpoint()  # let it take the lock before the next one starts
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    nonlocal stopped_by
+                    async for number in signals:
+                        stopped_by = signal.Signals(number)
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                async with trio.open_nursery() as downloads:
+                    for job in jobs:
+                        # Files at once on one host share its connections: each gets its part of them, so
+                        # none waits for a free one past --timeout.
+                        sharing = min(parallel, hosts[urlsplit(job.url).netloc])
+                        connections = max(1, settings.connections // sharing)
+                        plan = TransferPlan.for_connections(connections, settings.prefetch_part_size)
+                        downloads.start_soon(
+                            partial(_run, session, job, plan, limiter=limiter, streaming=streaming, reporter=reporter)
+                        )
+                        await trio.lowlevel.checkpoint()  # let it take the lock before the next one starts
+                nursery.cancel_scope.cancel()  # every download ended: stop listening for signals
+    for job in jobs:
+        if stopped_by is not None and not job.finished and job.error is None:
+            job.error = f"{job.url}: stopped by {stopped_by.name}" + (
+                "; run again to resume" if isinstance(job.sink, FileSink) else ""
+            )
+    return stopped_by
 
 
 class _Streaming:
@@ -109,6 +139,7 @@ async def _run(
 
 
 async def _transfer(session: AsyncSession, job: GetJob, plan: TransferPlan, task: int, reporter: Reporter) -> None:
+    job.finished = False
     await transfer(
         session,
         job.url,
@@ -118,3 +149,4 @@ async def _transfer(session: AsyncSession, job: GetJob, plan: TransferPlan, task
         started=lambda size, done: reporter.started(task, size, done),
         progress=lambda count: reporter.advance(task, count),
     )
+    job.finished = True

@@ -58,12 +58,14 @@ def run(args: argparse.Namespace) -> int:
     reporter: Reporter = NoProgress() if args.quiet or not sys.stderr.isatty() else BarProgress(len(jobs))
     reporter.start()
     try:
-        trio.run(partial(get_all, jobs, settings_for_get(settings), parallel=args.jobs, reporter=reporter))
+        stopped_by = trio.run(partial(get_all, jobs, settings_for_get(settings), parallel=args.jobs, reporter=reporter))
     finally:
         reporter.stop()
     for job in jobs:
         if job.error:
             print(f"rangefs get: {job.error}", file=sys.stderr)
+    if stopped_by is not None:
+        return 128 + stopped_by  # the shell's code for a command a signal ended
     return 1 if any(job.error for job in jobs) else 0
 
 

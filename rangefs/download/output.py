@@ -17,6 +17,8 @@ where the bytes arrive; the rest runs in worker threads.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -29,8 +31,8 @@ from rangefs.ranges import ByteRange, merged
 from rangefs.remote import RemoteMetadata
 
 PART_SUFFIX = ".rangefs-part"
-# Bytes between two durable checkpoints of a partial file: an fsync per 64 MiB costs ~0.1 s at disk speed,
-# a crash loses at most that much of the output (the cache usually still has it).
+# Bytes between two durable checkpoints of a partial file (the download also checkpoints every few seconds):
+# an fsync per 64 MiB costs ~0.1 s at disk speed, a crash loses at most that much of the output.
 _CHECKPOINT_BYTES = 64 * 1024 * 1024
 _HASH_READ = 8 * 1024 * 1024
 
@@ -102,6 +104,7 @@ class FileSink:
         self._fd: int | None = None
         self._metadata: RemoteMetadata | None = None
         self._unrecorded = 0  # bytes written since the last checkpoint
+        self._fsync_failed = False
 
     def check(self) -> None:
         """Refuse an output that exists (unless forced) or whose directory does not; before any request."""
@@ -115,9 +118,18 @@ class FileSink:
     def open(self, metadata: RemoteMetadata) -> list[ByteRange]:
         """Open the partial file; the bytes a record of the same version says it holds, else none."""
         self._metadata = metadata
-        done = self._resumable(metadata)
         try:
             self._fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise DownloadError(f"cannot write {self.partial}: {error.strerror}") from None
+        try:
+            # Two runs writing one partial file would rename a mix of their bytes into place.
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._close()
+            raise DownloadError(f"{self.partial} is being written by another rangefs get") from None
+        done = self._resumable(metadata)
+        try:
             if not done:
                 os.ftruncate(self._fd, 0)
         except OSError as error:
@@ -154,8 +166,16 @@ class FileSink:
     def checkpoint(self, done: list[ByteRange]) -> None:
         """Make the ``done`` bytes durable (fsync), then record them: a crash loses at most what came since."""
         assert self._fd is not None and self._metadata is not None
-        self._unrecorded = 0
-        os.fsync(self._fd)
+        if self._fsync_failed:
+            # Linux reports a failed writeback once: a second fsync "succeeds" with the pages lost. The last
+            # record written stays the last word.
+            raise OSError(errno.EIO, "an earlier fsync failed; not recording more", str(self.partial))
+        self._unrecorded = 0  # reset here, counted in the event loop's thread: at worst a checkpoint early
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            self._fsync_failed = True
+            raise
         record = {
             "url": self._metadata.url,
             "object_id": self._metadata.object_id,
@@ -163,7 +183,10 @@ class FileSink:
             "done": [[piece.start, piece.stop] for piece in merged(done)],
         }
         temporary = self.record.with_name(self.record.name + ".tmp")
-        temporary.write_text(json.dumps(record))
+        with open(temporary, "w") as written:
+            written.write(json.dumps(record))
+            written.flush()
+            os.fsync(written.fileno())  # or a crash can leave an empty record in place of the last good one
         temporary.replace(self.record)
 
     def finish(self) -> None:

@@ -89,3 +89,14 @@ def _even_segments(holes: list[ByteRange], workers: int, min_split: int) -> list
             if stop > start:
                 segments.append(Segment(start, stop, start))
     return segments
+
+
+def bridged(holes: list[ByteRange], gap: int) -> list[ByteRange]:
+    """The holes (sorted, disjoint), with every space shorter than ``gap`` between two of them filled in."""
+    joined: list[ByteRange] = []
+    for hole in holes:
+        if joined and hole.start - joined[-1].stop < gap:
+            joined[-1] = ByteRange(joined[-1].start, hole.stop)
+        else:
+            joined.append(hole)
+    return joined

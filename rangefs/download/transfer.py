@@ -13,6 +13,7 @@ part finds the next one already asked for: more would only queue for a connectio
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import trio
 
 from rangefs.download.output import Sink
 from rangefs.download.segmented import SegmentedDownload
+from rangefs.errors import DownloadError
 from rangefs.library import AsyncRemoteFile, AsyncSession
 from rangefs.library.options import HeadersArg
 from rangefs.ranges import ByteRange
@@ -35,14 +37,16 @@ _READ = 1024 * 1024
 
 @dataclass(frozen=True)
 class TransferPlan:
-    """How one file is read: ``part_size`` bytes per read, ``window`` bytes asked for ahead of it."""
+    """How one file is read: in order, ``part_size`` bytes per part and ``window`` bytes asked for ahead of
+    the reader; to a file, in segments over ``connections`` connections."""
 
     part_size: int
     window: int
+    connections: int
 
     @classmethod
     def for_connections(cls, connections: int, part_size: int) -> TransferPlan:
-        return cls(part_size, (connections + 2) * part_size)
+        return cls(part_size, (connections + 2) * part_size, connections)
 
 
 Progress = Callable[[int], None]  # bytes newly written
@@ -70,13 +74,13 @@ async def transfer(
         if started is not None:
             started(file.size, sum(piece.length for piece in already))
         counted = progress or (lambda _count: None)
-        segmented = finished = sink.random_access and not file.streams_whole
-        if segmented:
+        finished = False
+        if sink.random_access and not file.streams_whole:
             download = SegmentedDownload(
                 file,
                 sink,
                 already,
-                connections=session.settings.connections,
+                connections=plan.connections,
                 first_request=plan.part_size,
                 timeout=session.settings.timeout,
                 progress=counted,
@@ -87,6 +91,8 @@ async def transfer(
             ordered = _InOrder(file, sink, plan, counted)
             done = ordered.done
             await ordered.run()
+        if file.size and done() != [ByteRange(0, file.size)]:  # the sink fills what is not written with zeros
+            raise OSError(errno.EIO, f"{url}: the download ended with bytes missing: {done()}")
         await trio.to_thread.run_sync(sink.finish)
         return file.size
     except BaseException:
@@ -114,9 +120,18 @@ class _InOrder:
     async def run(self) -> None:
         file, position = self._file, 0
         send, receive = trio.open_memory_channel[bytes](_WRITE_QUEUE)
-        failure: OSError | None = None
+        failure: OSError | DownloadError | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write, receive)
+
+            async def write() -> None:
+                nonlocal failure
+                try:
+                    await self._write(receive)
+                except (OSError, DownloadError) as error:  # disk full, a closed pipe: one error, not a group
+                    failure = error
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(write)
             async with send:
                 asked = position
                 try:
@@ -128,10 +143,12 @@ class _InOrder:
                         # Read in small steps: only the window is in memory, not also parts waiting to be
                         # written. The explicit prefetch is the plan; the access pattern's would add to it.
                         data = await file.read_at(position, min(_READ, file.size - position), readahead=False)
+                        if not data:
+                            raise OSError(errno.EIO, f"{file.url}: no bytes at {position} of {file.size}")
                         await send.send(data)
                         position += len(data)
                 except OSError as error:
-                    failure = error  # the remote side failed: the parts read before it are still written
+                    failure = failure or error  # the remote side failed: the parts read are still written
         if failure is not None:
             raise failure
 

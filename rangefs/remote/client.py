@@ -82,6 +82,15 @@ class FetchStopped(Exception):
     as it is, neither retried nor counted as an error (the connection is closed, its body being unread)."""
 
 
+class _SinkFailed(Exception):
+    """What a fetch's sink raised, carried past the translation of HTTP failures and the retries: a full
+    disk while writing what arrived is the sink's failure, not the server's."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 @dataclass
 class _Progress:
     """Where the attempts of one fetch send what they receive, how much that is so far, and the tallies
@@ -96,7 +105,10 @@ class _Progress:
         for tally in self.counts:
             tally.bytes_fetched += len(chunk)
             tally.bytes_in_flight -= len(chunk)
-        self.sink(chunk)
+        try:
+            self.sink(chunk)
+        except Exception as error:
+            raise _SinkFailed(error) from error
 
 
 @contextmanager
@@ -223,7 +235,10 @@ class RemoteClient:
 
         credentials = _credentials(metadata.url, access)
         with _in_flight(counts, wanted.length, progress):
-            await self._with_retries(metadata.url, fetch_once, self.total_timeout, credentials, counts)
+            try:
+                await self._with_retries(metadata.url, fetch_once, self.total_timeout, credentials, counts)
+            except _SinkFailed as failed:
+                raise failed.error from None
 
     @asynccontextmanager
     async def stream_whole(
@@ -422,13 +437,13 @@ class RemoteClient:
         try:
             try:
                 yield
-            except FetchStopped:
+            except _SinkFailed:
                 raise
             except Exception:
                 for tally in counts or (self.stats,):
                     tally.errors += 1
                 raise
-        except (RemoteError, FetchStopped):
+        except (RemoteError, _SinkFailed):
             raise
         except httpx.TimeoutException as error:
             raise RemoteUnreachable(url, self._explained(url, error)) from None
