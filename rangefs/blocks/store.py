@@ -22,6 +22,7 @@ ranges hands its pieces to such a stream instead of failing its readers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -33,9 +34,10 @@ import trio
 from rangefs.blocks.assembler import RunAssembler
 from rangefs.blocks.flight import Entry, InFlight, Pending
 from rangefs.blocks.memory import MemoryTier
+from rangefs.blocks.shared import Answer, ClaimLease, SharedFlight
 from rangefs.blocks.stream import StreamOverrun, WholeFileStream
 from rangefs.blocks.writer import CacheWriter
-from rangefs.cache import BlockCache, PieceKey
+from rangefs.cache import BlockCache, PieceKey, PieceState
 from rangefs.counters import ReadTally
 from rangefs.errors import FetchAborted, InvalidResponse, RangefsError, RangesUnsupported, RemoteError
 from rangefs.ranges import ByteRange, block_count, block_range, blocks_covering, clamp_read
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # A read retries when a fetch it joined was aborted; more than a couple in a row means the mount is stopping.
 _READ_ATTEMPTS = 3
+# Claims of one piece a fetch run waits out (owners that die or stall one after another) before it fetches the
+# piece without a claim.
+_TAKEOVERS = 3
 
 Run = list[Entry]  # registered pieces, with their Pendings
 Part = bytes | tuple[Pending, int, int]  # bytes at hand, or bytes lo to hi of a piece being fetched
@@ -116,6 +121,8 @@ class StoreStatistics(ReadTally):
     bytes_waiting_for_disk: int = 0
     pieces_not_cached: int = 0  # demand pieces the disk was too far behind to take
     fetch_errors: int = 0
+    blocks_from_others: int = 0  # pieces another process on the cache dir fetched while this one waited
+    pieces_taken_over: int = 0  # pieces whose other fetcher died, stalled or released them unwritten
 
 
 class BlockStore:
@@ -145,6 +152,7 @@ class BlockStore:
         self.memory = MemoryTier(hot_bytes)
         self.writer = CacheWriter(cache)
         self._streams: dict[str, list[WholeFileStream]] = {}
+        self.shared = SharedFlight(cache, nursery=nursery)
         self._busy = 0  # fetch runs and streams under way, their cache writes included
         self._idle = trio.Event()
         self._idle.set()
@@ -350,15 +358,103 @@ class BlockStore:
         return runs
 
     async def _fetch_run(self, source: RangeSource, run: Run, owner: object, demand: bool) -> None:
+        """Fetch adjacent pieces ``owner`` owns, those another process sharing the cache dir is not fetching
+        already; wait for the others to reach the disk, and take over those whose fetch dies (shared.py)."""
+        with self._working():
+            async with trio.open_nursery() as fetches:
+                waiting = self._claim_and_start(source, run, owner, demand, fetches)
+                if waiting:
+                    await self._wait_for_others(source, waiting, owner, demand, fetches)
+
+    def _claim_and_start(
+        self, source: RangeSource, run: Run, owner: object, demand: bool, fetches: trio.Nursery, *, claim: bool = True
+    ) -> Run:
+        """Claim the pieces of ``run`` and start fetching those that are now ours; serve those another process
+        put on disk meanwhile; return those another process is fetching. Never waits."""
+        if not run:
+            return []
+        keys = [key for key, _ in run]
+        lease, states = self.shared.claim(keys) if claim else self.shared.unclaimed(keys)
+        ours: Run = []
+        theirs: Run = []
+        for entry in run:
+            state = states[entry[0]]
+            if state is PieceState.CLAIMED:
+                theirs.append(entry)
+            elif state is not PieceState.ON_DISK or not self._serve_from_disk(entry, owner):
+                ours.append(entry)  # ON_DISK but unreadable (evicted, corrupt): fetched, under no claim of ours
+        mine = [key for key, state in states.items() if state is PieceState.OURS]
+        subruns = self._runs(ours)
+        started = 0
+        try:
+            for subrun in subruns:
+                fetches.start_soon(self._fetch_claimed, source, subrun, owner, demand, lease)
+                started += 1
+        except BaseException as error:  # the nursery is closing: the mount stops
+            lease.release(mine)
+            self.in_flight.fail([e for later in subruns[started:] for e in later], FetchAborted(repr(error)), owner)
+            raise
+        return theirs
+
+    def _serve_from_disk(self, entry: Entry, owner: object) -> bool:
+        """Complete a piece another process fetched from the disk cache (verified there); False if unreadable."""
+        key = entry[0]
+        data = self.cache.read(key, 0, key.length)
+        if data is None:
+            return False
+        self.memory.put(key, memoryview(data))
+        if self.in_flight.complete(entry, memoryview(data), owner):
+            self.stats.blocks_from_others += 1
+        return True
+
+    async def _wait_for_others(
+        self, source: RangeSource, waiting: Run, owner: object, demand: bool, fetches: trio.Nursery
+    ) -> None:
+        """Wait for pieces other processes are fetching; each is answered as soon as it is on disk, and fetched
+        here (claimed first) once its claim is no longer live. At most ``_TAKEOVERS`` claims per piece are
+        waited for; then it is fetched without one."""
+        pending = dict(waiting)
+        rounds = dict.fromkeys(pending, 0)
+        answers, arrivals = trio.open_memory_channel[Answer](len(pending))
+        self.shared.watch(pending, answers)
+        try:
+            while pending:
+                batch = [await arrivals.receive()]
+                with contextlib.suppress(trio.WouldBlock):
+                    while True:
+                        batch.append(arrivals.receive_nowait())
+                free: Run = []
+                unclaimed: Run = []
+                for key, state in batch:
+                    entry = (key, pending.pop(key))
+                    if state is PieceState.ON_DISK and self._serve_from_disk(entry, owner):
+                        continue
+                    rounds[key] += 1
+                    (unclaimed if state is PieceState.OURS or rounds[key] > _TAKEOVERS else free).append(entry)
+                self.stats.pieces_taken_over += len(free) + len(unclaimed)
+                self._claim_and_start(source, unclaimed, owner, demand, fetches, claim=False)
+                again = self._claim_and_start(source, free, owner, demand, fetches)
+                pending.update(again)
+                self.shared.watch(dict(again), answers)
+        finally:
+            self.shared.unwatch(pending)
+            self.in_flight.fail(list(pending.items()), FetchAborted("wait for another process's fetch ended"), owner)
+
+    async def _fetch_claimed(
+        self, source: RangeSource, run: Run, owner: object, demand: bool, lease: ClaimLease
+    ) -> None:
         """One request for adjacent pieces ``owner`` owns; each is completed as its bytes arrive, and written
-        to the cache one by one; on an error the rest fail (or go to a stream if the server ignores ranges)."""
+        to the cache one by one; on an error the rest fail (or go to a stream if the server ignores ranges).
+        The pieces' claims are renewed as bytes arrive and dropped once their fetch and writes are over."""
         wanted = ByteRange(run[0][0].start, run[-1][0].stop)
         send, receive = trio.open_memory_channel[list[tuple[PieceKey, memoryview]]](len(run))
-        with self._working():
+        try:
             async with trio.open_nursery() as writes:
-                writes.start_soon(self._write_pieces, receive, source.describe(), not demand)
+                writes.start_soon(self._write_pieces, receive, source.describe(), not demand, lease)
                 with send:
-                    await self._receive_run(source, run, owner, wanted, demand, send)
+                    await self._receive_run(source, run, owner, wanted, demand, send, lease)
+        finally:
+            lease.release([key for key, _ in run])  # written pieces' claims went with their rows already
 
     @contextmanager
     def _working(self) -> Iterator[None]:
@@ -386,6 +482,7 @@ class BlockStore:
         wanted: ByteRange,
         demand: bool,
         written: trio.MemorySendChannel[list[tuple[PieceKey, memoryview]]],
+        lease: ClaimLease,
     ) -> None:
         url = str(source.describe().get("url"))
         log.debug("fetch %s of %s (%s)", wanted.header_value(), url, "demand" if demand else "prefetch")
@@ -395,6 +492,7 @@ class BlockStore:
         def arrived(chunk: bytes) -> None:
             pieces = assembler.feed(chunk)
             self.stats.bytes_fetched += len(chunk)
+            lease.progress()
             if pieces:
                 self._deliver(pieces, owner)
                 written.send_nowait([(entry[0], data) for entry, data in pieces])  # room: one slot per piece
@@ -427,6 +525,7 @@ class BlockStore:
         arriving: trio.MemoryReceiveChannel[list[tuple[PieceKey, memoryview]]],
         describe: dict[str, object],
         wait: bool,
+        lease: ClaimLease,
     ) -> None:
         # Shielded: bytes that arrived are written even when the fetch is cancelled (a closed file's readahead,
         # an unmount); the writer's wait is bounded by the disk, which the shield cannot make stall.
@@ -434,6 +533,7 @@ class BlockStore:
             async with arriving:
                 async for pieces in arriving:
                     await self.writer.write(pieces, describe, wait=wait)
+                    lease.progress()
 
     def _deliver(self, pieces: list[tuple[Entry, memoryview]], owner: object) -> None:
         """Fetched pieces into memory, then to their waiters (so no reader misses them in between)."""

@@ -11,19 +11,26 @@ that are gone (dropped by it); it never hides bytes from the limit for longer th
 
 Last-use times of cache hits are buffered in memory and written in batches (every ``_TOUCH_INTERVAL``
 seconds), so a hit costs no database write. Besides blocks, the index keeps small opaque *records* (the
-engine stores probe results there) and a description of each object (its URL), for ``rangefs cache info``.
+engine stores probe results there), a description of each object (its URL), for ``rangefs cache info``, and
+the claims of pieces being fetched (claims.py), which a piece's row replaces in one transaction.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from rangefs.cache.claims import SCHEMA as CLAIMS_SCHEMA
+from rangefs.cache.claims import ClaimTable, Liveness, Owner, PieceState, owner_alive, this_process
 from rangefs.cache.key import PieceKey
+
+_T = TypeVar("_T")
 
 # Seconds between batched writes of last-use times: LRU order is exact to within this.
 _TOUCH_INTERVAL = 2.0
@@ -61,14 +68,22 @@ def _row(key: PieceKey) -> tuple[str, int, int]:
 
 
 class CacheIndex:
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        owner: Owner | None = None,
+        alive: Liveness = owner_alive,
+    ) -> None:
         self._clock = clock
         self._db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a crash of the process loses nothing; a power cut may lose the last transactions, which
         # reconcile() repairs from the files on disk.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + CLAIMS_SCHEMA)
+        self.claims = ClaimTable(self._db, clock, owner or this_process(os.getpid()), alive)
         self._touched: dict[PieceKey, float] = {}
         self._last_flush = time.monotonic()
 
@@ -93,6 +108,7 @@ class CacheIndex:
                 old = db.execute(f"SELECT size FROM pieces WHERE {_KEY_MATCH}", _row(key)).fetchone()
                 db.execute("INSERT OR REPLACE INTO pieces VALUES (?, ?, ?, ?, ?)", (*_row(key), size, now))
                 db.execute("UPDATE usage SET bytes = bytes + ?", (size - (old[0] if old else 0),))
+            self.claims.settle(sizes)
             evicted = self._evict(db, limit, keep=set(sizes)) if limit is not None else []
             db.execute("COMMIT")
         except BaseException:
@@ -131,6 +147,32 @@ class CacheIndex:
             db.execute("ROLLBACK")
             raise
         return evicted
+
+    def _in_transaction(self, change: Callable[[], _T]) -> _T:
+        db = self._transaction()
+        try:
+            result = change()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return result
+
+    def claim_pieces(self, keys: list[PieceKey], token: str, lease: float) -> dict[PieceKey, PieceState]:
+        """Claim for ``token`` the pieces nobody has nor fetches (claims.py); every key's state."""
+        return self._in_transaction(lambda: self.claims.claim(keys, token, lease))
+
+    def piece_states(self, keys: list[PieceKey]) -> dict[PieceKey, PieceState]:
+        return self.claims.states(keys)
+
+    def renew_claims(self, token: str, lease: float) -> None:
+        self._in_transaction(lambda: self.claims.renew(token, lease))
+
+    def release_claims(self, token: str, keys: list[PieceKey]) -> None:
+        self._in_transaction(lambda: self.claims.release(token, keys))
+
+    def clear_stale_claims(self) -> int:
+        return self._in_transaction(self.claims.clear_stale)
 
     def remove_pieces(self, keys: Iterable[PieceKey]) -> None:
         """Forget pieces whose files were, or are about to be, deleted."""

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rangefs.cache import blockfile
+from rangefs.cache.claims import CLAIM_LEASE, Liveness, Owner, PieceState, owner_alive
 from rangefs.cache.index import CacheIndex, ObjectUsage
 from rangefs.cache.key import PieceKey
 from rangefs.ranges import ByteRange, merged
@@ -71,9 +72,18 @@ def disk_size(file_size: int) -> int:
 class BlockCache:
     """Pieces keyed by PieceKey under ``root``, at most ``size_limit`` bytes (None: unbounded)."""
 
-    def __init__(self, root: Path, *, size_limit: int | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        size_limit: int | None = None,
+        clock: Callable[[], float] = time.time,
+        claim_owner: Owner | None = None,
+        alive: Liveness = owner_alive,
+    ) -> None:
         self.root = Path(root)
         self._clock = clock
+        self._claim_owner, self._owner_alive = claim_owner, alive
         self.size_limit = size_limit
         self._pieces_dir = self.root / "pieces"
         self._index: CacheIndex | None = None
@@ -101,8 +111,13 @@ class BlockCache:
             probe.write_bytes(b"")
             probe.unlink()
             shutil.rmtree(self.root / _OLD_LAYOUT, ignore_errors=True)
-            self._index = CacheIndex(self.root / "index.sqlite3", self._clock)
+            self._index = CacheIndex(
+                self.root / "index.sqlite3", self._clock, owner=self._claim_owner, alive=self._owner_alive
+            )
             self._unlink(self._index.reconcile(self._scan_and_clean(), self.size_limit, self._exists))
+            cleared = self._index.clear_stale_claims()
+            if cleared:
+                log.info("cache: cleared %d claims of fetches whose process is gone", cleared)
             if self.size_limit is not None:
                 self._index.set_setting("size_limit", str(self.size_limit))
         except (OSError, sqlite3.Error) as error:
@@ -315,6 +330,39 @@ class BlockCache:
         """The size limit the most recent mount of this directory used."""
         value = None if self._index is None else self._index.setting("size_limit")
         return None if value is None else int(value)
+
+    # Claims of pieces being fetched, shared with the other processes on this directory (claims.py) ----------
+
+    def claim(self, keys: list[PieceKey], token: str, lease: float = CLAIM_LEASE) -> dict[PieceKey, PieceState]:
+        """Claim pieces for a fetch by ``token``: each is OURS to fetch, CLAIMED by another live fetch (wait for
+        it) or ON_DISK. Without a usable index every piece is OURS: the cache cannot coordinate, so fetch."""
+        if self._index is None:
+            return dict.fromkeys(keys, PieceState.OURS)
+        try:
+            return self._index.claim_pieces(keys, token, lease)
+        except sqlite3.Error as error:
+            log.warning("cache: cannot claim pieces: %s", error)
+            return dict.fromkeys(keys, PieceState.OURS)
+
+    def piece_states(self, keys: list[PieceKey]) -> dict[PieceKey, PieceState]:
+        """ON_DISK, CLAIMED or FREE for each key (FREE when the index cannot tell: the caller claims and fetches)."""
+        if self._index is None:
+            return dict.fromkeys(keys, PieceState.FREE)
+        try:
+            return self._index.piece_states(keys)
+        except sqlite3.Error as error:
+            log.warning("cache: cannot read claims: %s", error)
+            return dict.fromkeys(keys, PieceState.FREE)
+
+    def renew_claims(self, token: str, lease: float = CLAIM_LEASE) -> None:
+        if self._index is not None:
+            with contextlib.suppress(sqlite3.Error):  # a claim that runs out costs a duplicate fetch, no more
+                self._index.renew_claims(token, lease)
+
+    def release_claims(self, token: str, keys: list[PieceKey]) -> None:
+        if self._index is not None and keys:
+            with contextlib.suppress(sqlite3.Error):  # left to its lease
+                self._index.release_claims(token, keys)
 
     def get_records(self, keys: list[str]) -> dict[str, tuple[str, float]]:
         """Small opaque records stored beside the pieces (the engine keeps probe results there)."""
