@@ -20,6 +20,8 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -54,7 +56,7 @@ class Mounted:
 
 
 @contextlib.contextmanager
-def mounts(count: int, base_url: str, work: Path, label: str, source: Path | None) -> Iterator[list[Mounted]]:
+def mounts(count: int, base_url: str, work: Path, label: str, args: argparse.Namespace) -> Iterator[list[Mounted]]:
     """``count`` rangefs mounts of the file on one fresh cache dir; unmounted and ended by PID on the way out."""
     cache_dir, logs = work / f"cache-{label}", work / "logs"
     logs.mkdir(exist_ok=True)
@@ -63,7 +65,8 @@ def mounts(count: int, base_url: str, work: Path, label: str, source: Path | Non
         for number in range(count):
             spec = tools.mount_spec(
                 "rangefs", base_url=base_url, file_name=FILE, mountpoint=work / f"mnt-{label}-{number}",
-                cache_dir=cache_dir, logs=logs, label=f"{label}-{number}", extra_args=[], rangefs_source=source,
+                cache_dir=cache_dir, logs=logs, label=f"{label}-{number}", extra_args=args.extra,
+                rangefs_source=args.rangefs_path,
             )  # fmt: skip
             spec.mountpoint.mkdir()
             daemon = stack.enter_context(procs.started(spec.argv, spec.output, env=spec.env))
@@ -87,9 +90,9 @@ def read_all(files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-def together(count: int, served: origin.Origin, local: Path, work: Path, source: Path | None) -> str:
+def together(count: int, served: origin.Origin, local: Path, work: Path, args: argparse.Namespace) -> str:
     label = f"{served.profile.name}-{count}"
-    with mounts(count, served.base_url, work, label, source) as mounted:
+    with mounts(count, served.base_url, work, label, args) as mounted:
         procs.drop_caches()
         mark = served.access.mark()
         seconds = read_all([mount.file for mount in mounted])
@@ -112,18 +115,19 @@ def _wait_for(condition: Callable[[], bool], timeout: float) -> float:
     return time.perf_counter() - started
 
 
-def alone(served: origin.Origin, work: Path) -> str:
+def alone(served: origin.Origin, work: Path, args: argparse.Namespace) -> str:
     """The reference of the takeover rows: one mount reading the file by itself (what B's own fetch takes)."""
-    with mounts(1, served.base_url, work, f"{served.profile.name.split(',')[0]}-alone", None) as (mount,):
+    label = f"{served.profile.name.split(',')[0]}-alone"
+    with mounts(1, served.base_url, work, label, args) as (mount,):
         procs.drop_caches()
         seconds = read_all([mount.file])
     return f"| {served.profile.name} | none: one mount alone | | | {seconds:.2f} | |"
 
 
-def takeover(how: str, served: origin.Origin, local: Path, work: Path) -> str:
+def takeover(how: str, served: origin.Origin, local: Path, work: Path, args: argparse.Namespace) -> str:
     """A reads alone, B joins and waits for A's pieces, A is killed or stopped: B's delay and time to the end."""
     label = f"{served.profile.name.split(',')[0]}-{how.replace(' ', '')}"
-    with mounts(2, served.base_url, work, label, None) as (owner, waiter):
+    with mounts(2, served.base_url, work, label, args) as (owner, waiter):
         procs.drop_caches()
         index = work / f"cache-{label}" / "index.sqlite3"
 
@@ -164,8 +168,11 @@ def main() -> int:
     parser.add_argument("--rangefs-path", type=Path, help="run rangefs from this checkout (e.g. main, for before)")
     parser.add_argument("--no-takeover", action="store_true", help="skip the kill/stop rows (main has no claims)")
     parser.add_argument("--takeover-rate", default="8m", help="nginx limit_rate per connection of the kill rows")
+    parser.add_argument("--rangefs-args", default="", help="extra `rangefs mount` arguments, e.g. -vv")
+    parser.add_argument("--keep-logs", type=Path, help="copy the daemons' logs here at the end")
     parser.add_argument("--work-dir", type=Path, help="where the file, caches and mounts go (not a tmpfs)")
     args = parser.parse_args()
+    args.extra = shlex.split(args.rangefs_args)
     available = origin.profiles(args.rtt_ms, "20m")
     with tempfile.TemporaryDirectory(prefix="rangefs-shared-", dir=args.work_dir) as temporary:
         work = Path(temporary)
@@ -181,7 +188,7 @@ def main() -> int:
             namespace = f"flt{os.getpid()}{name[0]}"
             with origin.running_origin(work / f"nginx-{name}", files, profile, namespace) as served:
                 for count in map(int, args.mounts.split(",")):
-                    together_rows.append(together(count, served, local, work, args.rangefs_path))
+                    together_rows.append(together(count, served, local, work, args))
                     print(together_rows[-1], flush=True)
             if args.no_takeover:
                 continue
@@ -189,10 +196,12 @@ def main() -> int:
             slow = origin.Profile(f"{name}, {args.takeover_rate}/connection", profile.rtt_ms, args.takeover_rate,
                                   namespaced=profile.namespaced)  # fmt: skip
             with origin.running_origin(work / f"nginx-{name}-slow", files, slow, f"{namespace}s") as served:
-                takeover_rows.append(alone(served, work))
+                takeover_rows.append(alone(served, work, args))
                 for how in ("kill -9", "SIGSTOP"):
-                    takeover_rows.append(takeover(how, served, local, work))
+                    takeover_rows.append(takeover(how, served, local, work, args))
                     print(takeover_rows[-1], flush=True)
+        if args.keep_logs:
+            shutil.copytree(work / "logs", args.keep_logs, dirs_exist_ok=True)
     print(f"\n{args.size} MiB file; rangefs from {args.rangefs_path or 'this checkout'}\n")
     print("| profile | mounts | origin bytes / file size | wall s (all readers) | requests | bytes right |")
     print("|---|---|---|---|---|---|")
