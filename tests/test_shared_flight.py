@@ -14,10 +14,12 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import rangefs
 from tests.conftest import MountFactory
 from tests.daemons import kill_hard
 from tests.mounting import Mount
@@ -78,9 +80,9 @@ def test_concurrent_mounts_fetch_each_byte_once(
     assert claim_owners(cache_dir) == [], "every claim is dropped once its piece is on disk"
 
 
-def _wait_for(condition: object, timeout: float, what: str) -> None:
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not callable(condition) or not condition():
+    while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"not {what} after {timeout} s")
         time.sleep(0.01)
@@ -147,3 +149,34 @@ def _hash_or_error(path: Path) -> str | BaseException:
         return sha256_of(path)
     except OSError as error:
         return error
+
+
+def test_a_mount_and_the_python_api_fetch_each_byte_once(
+    origin: Origin, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """The API in this process and a mount daemon, one cache dir, the same file at the same time."""
+    data = pattern_bytes(32 * MiB, seed=160)
+    url = origin.add("/api.bin", data)
+    cache_dir = tmp_path / "cache"
+    mounted = mount_factory([url], cache_dir=cache_dir)
+    with rangefs.Session(cache_dir=cache_dir) as session, session.open(url) as remote:
+        origin.clear_log()  # the probes' HEADs
+        start = threading.Barrier(2)
+        through_api: list[str] = []
+
+        def read_api() -> None:
+            start.wait()
+            digest = hashlib.sha256()
+            while chunk := remote.read(MiB):
+                digest.update(chunk)
+            through_api.append(digest.hexdigest())
+
+        api = threading.Thread(target=read_api)
+        api.start()
+        start.wait()
+        through_mount = sha256_of(mounted.path / "api.bin")
+        api.join(timeout=120)
+
+    assert [through_mount, *through_api] == [hashlib.sha256(data).hexdigest()] * 2
+    sent = origin.bytes_sent_for("/api.bin")
+    assert sent <= 1.05 * len(data), f"the mount and the API fetched {sent / len(data):.2f}x the file"
