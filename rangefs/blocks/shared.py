@@ -1,15 +1,16 @@
 """SharedFlight: single flight across the processes that share a cache directory (the cache's claims.py).
 
-flight.py keeps one fetch per piece inside a process; this keeps one per piece across mounts, ``rangefs get``
+flight.py keeps one fetch per piece inside a process; this keeps one per piece across mounts, ``rangefs get -``
 and ``rangefs.open`` on one cache dir. A fetch run first claims its pieces (``claim``): the ones it gets are
 its to fetch; for the ones another process fetches, it *watches* the index until each one is on disk (then
 reads it from the cache, checksums verified) or its claim is no longer live (its owner died or stalled past
 its lease: then it claims and fetches that piece itself).
 
 One poller task per store reads the state of every watched piece every ``poll_interval`` (5 ms: a waiting
-reader learns of a piece at most that late, one indexed SELECT per object per poll, ~50 us of CPU) and only
-while something is watched. A piece watched for longer than ``max_wait`` is handed back to be fetched
-without a claim, so a reader never waits forever on a live owner that makes no progress yet renews.
+reader learns of a piece at most that late; two indexed SELECTs per object per poll, measured 260 us for 64
+watched pieces, so about 5 % of a core while a mount waits) and only while something is watched. A piece
+watched for longer than ``max_wait`` is handed back to be fetched without a claim, so a reader never waits
+forever on a live owner that makes no progress yet renews.
 
 Attributes and their invariants:
 - ``_watched``: a key is here iff a fetch run waits for another process's fetch of it, and that run's

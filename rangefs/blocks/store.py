@@ -5,6 +5,8 @@ joins the fetch in flight for it (flight.py), or is fetched; adjacent missing pi
 single range request of at most ``max_request_size`` bytes. Fetches run in the service nursery, not in the
 reader's task, so a reader that gives up (Ctrl-C, a cancelled FUSE request) does not abort a fetch that other
 readers wait for. A fetch wakes its readers first, then awaits its cache write (writer.py: backpressure).
+Other processes on the cache directory see the fetch: a run claims its pieces first and waits for those
+another process is fetching instead of repeating them, taking over any whose fetch dies (shared.py).
 
 A small random read (a SQLite page, a zip signature check) asks for ``piece_size``: of blocks that are not at
 hand it fetches only the pieces of that size it touches, cached as pieces of their own. The engine asks for
