@@ -102,7 +102,10 @@ class ClaimProtocol(RuleBasedStateMachine):
         token = f"t{self.next_token}"
         self.next_token += 1
         expected = {key: self._expected(key, token) for key in keys}
+        stale = [k for k in keys if expected[k] is PieceState.FREE and any(h.token != token for h in self.held[k])]
+        taken_before = process.cache.statistics().claims_taken_over
         states = process.cache.claim(keys, token, LEASE)
+        assert process.cache.statistics().claims_taken_over - taken_before == len(stale), "takeovers counted"
         assert states == {k: PieceState.OURS if s is PieceState.FREE else s for k, s in expected.items()}
         process.tokens.append(token)
         for key, state in states.items():

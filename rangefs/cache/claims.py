@@ -121,6 +121,7 @@ class ClaimTable:
         self._clock = clock
         self.owner = owner
         self._alive = alive
+        self.taken_over = 0  # claims of dead or stalled owners this connection replaced with its own
 
     def _live(self, owner: Owner, expires: float, now: float, verdicts: dict[Owner, bool]) -> bool:
         """``verdicts``: owners already asked about in this call (one /proc read each)."""
@@ -130,8 +131,11 @@ class ClaimTable:
             verdicts[owner] = self._alive(owner)
         return verdicts[owner]
 
-    def states(self, keys: Iterable[PieceKey], token: str | None = None) -> dict[PieceKey, PieceState]:
-        """What each piece is now: ON_DISK, CLAIMED by a live owner (other than ``token``), or FREE."""
+    def states(
+        self, keys: Iterable[PieceKey], token: str | None = None, stale: set[PieceKey] | None = None
+    ) -> dict[PieceKey, PieceState]:
+        """What each piece is now: ON_DISK, CLAIMED by a live owner (other than ``token``), or FREE; the FREE ones
+        with another owner's claim that is no longer live are added to ``stale``."""
         now = self._clock()
         verdicts: dict[Owner, bool] = {}
         states: dict[PieceKey, PieceState] = {}
@@ -154,13 +158,17 @@ class ClaimTable:
                     states[key] = PieceState.CLAIMED
                 else:
                     states[key] = PieceState.FREE
+                    if claim is not None and claim[0] != token and stale is not None:
+                        stale.add(key)
         return states
 
     def claim(self, keys: Iterable[PieceKey], token: str, lease: float) -> dict[PieceKey, PieceState]:
         """Claim the FREE pieces for ``token`` (they become OURS, a dead or expired claim taken over); the others
         keep their state. In a transaction."""
-        states = self.states(keys, token)
+        stale: set[PieceKey] = set()
+        states = self.states(keys, token, stale)
         mine = [key for key, state in states.items() if state is PieceState.FREE]
+        self.taken_over += len(stale)
         owner, expires = self.owner, self._clock() + lease
         self._db.executemany(
             "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -63,6 +63,7 @@ class CacheStatistics:
     blocks_evicted: int = 0
     usage_bytes: int = 0
     limit_bytes: int = 0
+    claims_taken_over: int = 0  # pieces claimed from a process that died or whose lease ran out
 
 
 def disk_size(file_size: int) -> int:
@@ -101,6 +102,7 @@ class BlockCache:
         if self._index is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.stats.usage_bytes = self._index.usage()
+            self.stats.claims_taken_over = self._index.claims.taken_over
         return self.stats
 
     def open(self) -> str | None:
