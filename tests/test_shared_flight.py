@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import pytest
 import rangefs
 from tests.conftest import MountFactory
 from tests.daemons import kill_hard
-from tests.mounting import Mount
+from tests.mounting import Mount, rangefs_command
 from tests.origin import Origin, pattern_bytes
 from tests.test_mount_cache_limits import sha256_of
 
@@ -181,3 +182,30 @@ def test_a_mount_and_the_python_api_fetch_each_byte_once(
     assert [through_mount, *through_api] == [hashlib.sha256(data).hexdigest()] * 2
     sent = origin.bytes_sent_for("/api.bin")
     assert sent <= 1.05 * len(data), f"the mount and the API fetched {sent / len(data):.2f}x the file"
+
+
+def test_a_mount_and_rangefs_get_fill_cache_fetch_each_byte_once(
+    origin: Origin, mount_factory: MountFactory, tmp_path: Path
+) -> None:
+    """``rangefs get --fill-cache -o`` goes through the block store, so it shares fetches with a mount."""
+    data = pattern_bytes(32 * MiB, seed=161)
+    url = origin.add("/get.bin", data)
+    origin.connection_rate = 16 * MiB  # per connection: both are still reading when the other starts
+    cache_dir = tmp_path / "cache"
+    mounted = mount_factory([url], cache_dir=cache_dir)
+    assert (mounted.path / "get.bin").stat().st_size == len(data)
+    origin.clear_log()
+    target = str(tmp_path / "got.bin")
+    command = rangefs_command("get", url, "-o", target, "--fill-cache", "--cache-dir", str(cache_dir))
+    download = subprocess.Popen(command, stderr=subprocess.PIPE)
+    try:
+        through_mount = sha256_of(mounted.path / "get.bin")
+        _, stderr = download.communicate(timeout=120)
+    finally:
+        if download.poll() is None:
+            download.kill()
+            download.wait()
+    assert download.returncode == 0, stderr
+    assert through_mount == sha256_of(tmp_path / "got.bin") == hashlib.sha256(data).hexdigest()
+    sent = origin.bytes_sent_for("/get.bin")
+    assert sent <= 1.05 * len(data), f"the mount and rangefs get fetched {sent / len(data):.2f}x the file"

@@ -54,7 +54,7 @@ def settings_for_get(settings: MountSettings) -> MountSettings:
 
 
 async def get_all(
-    jobs: Sequence[GetJob], settings: MountSettings, *, parallel: int, reporter: Reporter
+    jobs: Sequence[GetJob], settings: MountSettings, *, parallel: int, reporter: Reporter, fill_cache: bool = False
 ) -> signal.Signals | None:
     """Run every job (``parallel`` files at a time, stdout ones in order); each records its own error.
     SIGINT or SIGTERM stops them all (each file records what it has, resumable); returns that signal."""
@@ -79,7 +79,9 @@ async def get_all(
                         # none waits for a free one past --timeout.
                         sharing = min(parallel, hosts[urlsplit(job.url).netloc])
                         connections = max(1, settings.connections // sharing)
-                        plan = TransferPlan.for_connections(connections, settings.prefetch_part_size)
+                        plan = TransferPlan.for_connections(
+                            connections, settings.prefetch_part_size, segmented=not fill_cache
+                        )
                         downloads.start_soon(
                             partial(_run, session, job, plan, limiter=limiter, streaming=streaming, reporter=reporter)
                         )

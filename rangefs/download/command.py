@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--force", action="store_true", help="replace output files that exist")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="request header")
+    parser.add_argument(
+        "--fill-cache",
+        action="store_true",
+        help="a file download also fills the disk cache (and shares fetches with mounts on it); slower",
+    )
     # The mount's own options, with its defaults: a download shares the cache (keys, limit) with mounts.
     options.add_settings_arguments(parser, only=_SHARED_SETTINGS)
 
@@ -58,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     reporter: Reporter = NoProgress() if args.quiet or not sys.stderr.isatty() else BarProgress(len(jobs))
     reporter.start()
     try:
-        stopped_by = trio.run(partial(get_all, jobs, settings_for_get(settings), parallel=args.jobs, reporter=reporter))
+        download = partial(get_all, jobs, settings_for_get(settings), parallel=args.jobs, reporter=reporter)
+        stopped_by = trio.run(partial(download, fill_cache=args.fill_cache))
     finally:
         reporter.stop()
     for job in jobs:

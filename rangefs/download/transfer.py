@@ -43,10 +43,13 @@ class TransferPlan:
     part_size: int
     window: int
     connections: int
+    # A file in segments, past the block store (False: in order through it, so its pieces go to the disk
+    # cache and its fetches are shared with mounts and other readers of the cache, ``--fill-cache``).
+    segmented: bool = True
 
     @classmethod
-    def for_connections(cls, connections: int, part_size: int) -> TransferPlan:
-        return cls(part_size, (connections + 2) * part_size, connections)
+    def for_connections(cls, connections: int, part_size: int, *, segmented: bool = True) -> TransferPlan:
+        return cls(part_size, (connections + 2) * part_size, connections, segmented)
 
 
 Progress = Callable[[int], None]  # bytes newly written
@@ -75,7 +78,7 @@ async def transfer(
             started(file.size, sum(piece.length for piece in already))
         counted = progress or (lambda _count: None)
         finished = False
-        if sink.random_access and not file.streams_whole:
+        if plan.segmented and sink.random_access and not file.streams_whole:
             download = SegmentedDownload(
                 file,
                 sink,
