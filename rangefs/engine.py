@@ -149,12 +149,13 @@ class RemoteFile:
         return "probe:" + hashlib.sha256(identity.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass
 class OpenFile:
     file: RemoteFile
     version: RemoteVersion
     pattern: AccessPattern
     keep_cache: bool
+    read_end: int = 0  # where the last read ended: a read elsewhere is a seek (a handle starts at 0)
 
 
 class FileEngine:
@@ -435,6 +436,11 @@ class FileEngine:
                 self.prefetcher.cancel(handle, decision.dropped_streams)
             if decision.prefetch is not None:
                 self.prefetcher.submit(opened.version, handle, decision.prefetch)
+            elif decision.random_access and offset != opened.read_end:
+                # A seek that lands on a zip member's header: its data follows (a reader going through the
+                # file from the start, as bsdtar does, is left to the readahead).
+                self.prefetcher.fetch_member(opened.version, clamp_read(offset, size, opened.version.size))
+        opened.read_end = offset + size
         small = decision.random_access and size <= _SPARSE_READ
         piece_size = SMALL_READ_PIECE if small else 0
         started = trio.current_time()

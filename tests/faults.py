@@ -140,3 +140,22 @@ def head_without_length(handler: OriginHandler, served: ServedFile | None) -> bo
     handler.send_header("Transfer-Encoding", "chunked")
     handler.end_headers()
     return True
+
+
+def stall_after(count: int, gate: threading.Event, timeout: float = 30.0) -> Fault:
+    """A correct 206 whose body stops after ``count`` bytes until ``gate`` is set (at most ``timeout`` s), then
+    goes on: what a reader sees of a response still streaming in, without timing anything."""
+
+    def answer(handler: OriginHandler, served: ServedFile | None) -> bool:
+        assert served is not None
+        start, stop = _range_of(handler, served)
+        _start_206(handler, served, start, stop, {})
+        for lo, hi in ((start, min(stop, start + count)), (min(stop, start + count), stop)):
+            if lo == start + count:
+                handler.wfile.flush()
+                gate.wait(timeout)
+            handler.wfile.write(served.data[lo:hi])
+            handler.record.bytes_sent += hi - lo
+        return True
+
+    return answer

@@ -153,9 +153,41 @@ def test_a_feed_covering_more_than_asked_is_cut_to_the_range() -> None:
     data = make_zip(300, comment=b"c" * 65_000)
     planner = ZipPlanner(len(data))
     assert planner.next_range() != ByteRange(0, len(data))
-    planner.feed(0, data)
+    for _ in range(3):  # end records, the wider search a comment needs, the directory
+        planner.feed(0, data)
+    assert planner.next_range() is None
     assert planner.wanted() == run(ZipPlanner(len(data)), data)
     assert planner.wanted()
+
+
+@pytest.mark.parametrize(("zip64", "comment"), [(False, b""), (True, b""), (False, b"c" * 60_000)])
+def test_zip_planner_reads_exactly_the_end_records_and_the_directory(zip64: bool, comment: bytes) -> None:
+    data = make_zip(300, zip64=zip64, comment=comment)
+    planner = ZipPlanner(len(data))
+    asked = drive(planner, data)
+    directory = planner.wanted()[0]
+    assert asked[-1] == directory, "the directory is read exactly"
+    assert asked[0].length <= 8 * 1024, "the end records first, one round trip's worth"
+    assert len(asked) == (3 if comment else 2)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        headers = sorted(info.header_offset for info in archive.infolist())
+    assert [extent.start for extent in planner.extents()] == headers
+    assert [extent.stop for extent in planner.extents()] == [*headers[1:], directory.start]
+
+
+def test_a_damaged_directory_gives_no_member_extents() -> None:
+    data = bytearray(make_zip(20))
+    planner = ZipPlanner(len(data))
+    first = planner.next_range()
+    assert first is not None
+    planner.feed(first.start, bytes(data[first.start : first.stop]))
+    directory = planner.next_range()
+    assert directory is not None
+    data[directory.start + 50] ^= 0xFF  # inside the first entry's name: the second entry's signature moves
+    data[directory.start] ^= 0xFF
+    planner.feed(directory.start, bytes(data[directory.start : directory.stop]))
+    assert planner.extents() == []
+    assert planner.wanted(), "the directory is still prefetched"
 
 
 def test_mp4_planner_with_many_boxes_past_the_first_read_gives_up_within_the_bound() -> None:
@@ -299,11 +331,19 @@ class _CachedStore:
     def start_fetches(self, source: RangeSource, wanted: object, *, piece_size: int = 0, demand: bool) -> None:
         return None
 
+    def block_key(self, source: RangeSource, index: int) -> int:
+        return index
+
+    def is_at_hand(self, key: object) -> bool:
+        return True
+
     async def read(self, source: RangeSource, offset: int, size: int, *, piece_size: int = 0) -> bytes:
         return bytes(size)
 
 
 class _Source:
+    object_id = "talk.mp4@1"
+
     def describe(self) -> dict[str, object]:
         return {"url": _URL}
 

@@ -115,12 +115,15 @@ def test_zip_listing_costs_two_requests_cold_and_none_warm(  # noqa: PLR0917 - f
             assert requests == 0, "a second listing is served from the cache"
         elif lister == "bsdtar":
             # libarchive lists a zip by walking every member's local header from the start, so it touches
-            # the whole file: the budget is readahead's, each byte once in few large requests.
-            assert sent <= len(archive)
+            # the whole file: the budget is readahead's, each byte once in few large requests, but for the
+            # zip plan's first read (the end records' pages), which the directory's 64 KiB pieces overlap.
+            assert sent <= len(archive) + 12 * 1024
             assert requests <= len(archive) // (8 * MiB) + 10
         elif lister == "7z":
-            # 7z also reads the archive's first bytes to identify it: one more (64 KiB) request.
-            assert requests <= 3, [record.range for record in origin.requests_for(f"/{name}")]
+            # 7z also reads the archive's first bytes to identify it: one more (64 KiB) request; and a
+            # directory of several blocks can take one more when 7z's read of its last block overtakes the plan.
+            limit = 3 if directory < MiB else 4
+            assert requests <= limit, [record.range for record in origin.requests_for(f"/{name}")]
             assert sent <= directory + MiB + 2 * 64 * 1024
         else:
             # Two: the end of the archive, then its central directory. (A directory of several blocks can

@@ -3,7 +3,8 @@ the first block of an 8 MiB run is answered once that block is in, not when the 
 all of it: 400 ms at 20 MiB/s).
 
 Pure bookkeeping over the run's pieces (adjacent, in file order). A piece that one arriving chunk covers is a
-view of that chunk (no copy); one that spans chunks is gathered in a buffer of its own.
+view of that chunk (no copy); one that spans chunks is gathered in a buffer of its own, which readers of its
+first bytes are served from while it fills (``gathering``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ class RunAssembler:
     @property
     def done(self) -> bool:
         return self._next == len(self._run)
+
+    def gathering(self) -> tuple[Entry, bytearray, int] | None:
+        """The piece being gathered across chunks, its buffer (of its full size) and how many bytes of it are in,
+        if any."""
+        return (self._run[self._next], self._buffer, self._filled) if self._filled else None
 
     def missing(self) -> list[Entry]:
         """The pieces not complete yet."""

@@ -8,6 +8,11 @@ fails unexpectedly (in a ``finally``): a piece left registered would make every 
 explicitly (``take``): a range fetch that finds the server ignoring ranges hands its pieces to a stream, and
 the reservation it came from must not fail them afterwards (once it did, and the stream then completed
 another owner's registration of the same piece).
+
+A reader is answered as soon as its own bytes of a piece are in, not when the whole piece is: the fetch hands
+each piece's growing prefix to its ``Pending`` (``progress``) as the response streams in. At 40 ms RTT a 1 MiB
+block on a connection that idled arrives over ~6 round trips of slow start; a tool's 64 KiB read at its start
+(ffprobe's first read, the format-aware prefetch's MP4 box headers) is in after ~2-3 of them.
 """
 
 from __future__ import annotations
@@ -20,23 +25,55 @@ from rangefs.cache import PieceKey
 
 
 class Pending:
-    """A piece being fetched; ``done`` is set once, after ``data`` or ``error`` is."""
+    """A piece being fetched; ``done`` is set once, after ``data`` or ``error`` is.
 
-    __slots__ = ("data", "done", "error", "owner")
+    - ``prefix``: the buffer the piece is gathered in, whose first ``received`` bytes are in (a correct prefix:
+      the response was validated before its body was read), or None; dropped once ``done``;
+    - ``_advanced``: set, and replaced, whenever ``prefix`` grows or the piece ends; None while nobody waits.
+    """
+
+    __slots__ = ("_advanced", "data", "done", "error", "owner", "prefix", "received")
 
     def __init__(self, owner: object) -> None:
         self.done = trio.Event()
         self.data: memoryview | None = None
         self.error: BaseException | None = None
         self.owner = owner
+        self.prefix: bytearray | None = None
+        self.received = 0
+        self._advanced: trio.Event | None = None
 
     async def wait(self, lo: int, hi: int) -> bytes:
-        """Bytes ``lo`` to ``hi`` of the piece once it is in, or its fetch's error."""
-        await self.done.wait()
+        """Bytes ``lo`` to ``hi`` of the piece once they are in (the rest of the piece may still be on its way),
+        or its fetch's error if it ends before them."""
+        while not self.done.is_set():
+            prefix = self.prefix
+            if prefix is not None and self.received >= hi:
+                return bytes(prefix[lo:hi])
+            if self._advanced is None:
+                self._advanced = trio.Event()
+            await self._advanced.wait()
         if self.error is not None:
             raise self.error
         assert self.data is not None
         return bytes(self.data[lo:hi])
+
+    def progress(self, buffer: bytearray, received: int) -> None:
+        """The first ``received`` bytes of the piece are in ``buffer`` (the fetch's own, which it goes on filling):
+        wake readers waiting for them."""
+        if not self.done.is_set():
+            self.prefix, self.received = buffer, received
+            self._wake()
+
+    def _end(self, data: memoryview | None, error: BaseException | None) -> None:
+        self.data, self.error, self.prefix = data, error, None
+        self.done.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._advanced is not None:
+            self._advanced.set()
+            self._advanced = None
 
 
 Entry = tuple[PieceKey, Pending]
@@ -83,8 +120,7 @@ class InFlight:
             return False
         key, pending = entry
         del self._pending[key]
-        pending.data = data
-        pending.done.set()
+        pending._end(data, None)
         return True
 
     def fail(self, entries: Iterable[Entry], error: BaseException, owner: object) -> None:
@@ -93,5 +129,4 @@ class InFlight:
             if self._owned(entry, owner):
                 key, pending = entry
                 del self._pending[key]
-                pending.error = error
-                pending.done.set()
+                pending._end(None, error)

@@ -221,8 +221,8 @@ class BlockStore:
                 held = next((h for g in grids if (h := self._lookup_grid(block, lo, hi, g)) is not None), None)
                 if held is not None:
                     parts.extend(held)
-                elif piece_size and not source.streams_whole:
-                    for chunk in self._small_keys(block, lo, hi, piece_size):
+                elif not source.streams_whole and (grid := piece_size or self._index_grid_in_use(block)):
+                    for chunk in self._small_keys(block, lo, hi, grid):
                         c_lo, c_hi = _within(chunk, block.start + lo, block.start + hi)
                         piece = self._lookup(chunk, c_lo, c_hi)
                         if piece is None:
@@ -261,6 +261,12 @@ class BlockStore:
             found.append(piece)
         return found
 
+    def _index_grid_in_use(self, block: PieceKey) -> int:
+        """INDEX_PIECE if some index piece of the block is at hand (a zip's directory, a member): what is missing
+        of it is fetched as index pieces too, not as the whole block again; else 0."""
+        keys = self._small_keys(block, 0, block.length, INDEX_PIECE)
+        return INDEX_PIECE if any(self.is_at_hand(key) for key in keys) else 0
+
     def _lookup(self, key: PieceKey, lo: int, hi: int) -> Part | None:
         """Bytes ``lo`` to ``hi`` of a piece from a tier, or the fetch to join for them, or None."""
         pending = self.in_flight.get(key)
@@ -295,7 +301,8 @@ class BlockStore:
         for index in blocks_covering(wanted, self.block_size):
             block = self.block_key(source, index)
             lo, hi = _within(block, wanted.start, wanted.stop)
-            small = piece_size and not source.streams_whole and (lo, hi) != (0, block.length)
+            whole = (lo, hi) == (0, block.length) and not self._index_grid_in_use(block)
+            small = piece_size and not source.streams_whole and not whole
             keys += self._small_keys(block, lo, hi, piece_size) if small else [block]
         owner = object()
         # Every lookup before the first registration: one that raises must leave nothing registered that no
@@ -498,6 +505,9 @@ class BlockStore:
             if pieces:
                 self._deliver(pieces, owner)
                 written.send_nowait([(entry[0], data) for entry, data in pieces])  # room: one slot per piece
+            gathering = assembler.gathering()
+            if gathering is not None:  # readers of its first bytes need not wait for the rest of it
+                gathering[0][1].progress(gathering[1], gathering[2])
 
         self.stats.requests += 1
         self.stats.bytes_in_flight += wanted.length

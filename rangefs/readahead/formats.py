@@ -16,7 +16,8 @@ make sure it cannot:
 - ``feed`` hands a subclass exactly the bytes it asked for; a read that does not cover them (a short read:
   the object is not ``file_size`` bytes after all) ends the plan, since asking again would get the same.
 - Each feed either finishes or moves on to bytes strictly further into the file (the MP4 walk parses at least
-  one box header per feed), and a structure that cannot fit before EOF ends the plan.
+  one box header per feed), and a structure that cannot fit before EOF ends the plan; the zip plan has a fixed
+  sequence of at most three reads instead (end records, wider search, directory).
 - A hard bound, ``MAX_FEEDS``, abandons any plan still asking after 64 feeds, so even a future planner
   bug costs at most 64 reads. ``feed`` is final: subclasses implement ``_feed`` and cannot skip the count.
 """
@@ -34,6 +35,12 @@ _EOCD_SEARCH = 22 + 65_535
 _EOCD = b"PK\x05\x06"
 _ZIP64_LOCATOR = b"PK\x06\x07"
 _ZIP64_EOCD = b"PK\x06\x06"
+_CENTRAL_ENTRY = b"PK\x01\x02"
+# The zip plan's first read: the end records of an archive without a comment (22 bytes, ZIP64's 76 more) and
+# then some, within the ~14 KiB a connection carries in its first round trip.
+_EOCD_FIRST_READ = 8 * 1024
+# A central directory up to this size (about 50,000 entries) is parsed for the members' extents.
+_DIRECTORY_PARSE_MAX = 4 * 1024 * 1024
 # An index larger than this is not prefetched whole: the tool will read it sequentially anyway.
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 
@@ -47,8 +54,10 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 MAX_FEEDS = 64
 # Parquet readers read this much of the end first (pyarrow's default footer_read_size).
 _PARQUET_TAIL_READ = 64 * 1024
-# The MP4 walk starts with this much: ftyp and either moov (a faststart file) or the mdat header fit in it.
-_MP4_FIRST_READ = 64 * 1024
+# The MP4 walk starts with this much: ftyp and either moov's header (a faststart file) or mdat's fit in it, and
+# it is among the first bytes of the block the open fetches, so the walk goes on after one round trip, while
+# the rest of that block is still arriving (64 KiB took ~3 round trips of slow start at 40 ms RTT).
+_MP4_FIRST_READ = 4 * 1024
 
 
 @dataclass
@@ -61,6 +70,9 @@ class Planner:
     """
 
     file_size: int
+    # The first read is fetched as exactly its pages rather than its whole blocks (the zip's end records; an
+    # MP4's or Parquet file's readers read around their first range, so whole blocks serve them too).
+    first_read_exact = False
     _need: ByteRange | None = None
     _wanted: list[ByteRange] = field(default_factory=list)
     done: bool = False
@@ -76,6 +88,10 @@ class Planner:
     def wanted(self) -> list[ByteRange]:
         """Ranges to prefetch: the index structures found."""
         return self._wanted
+
+    def extents(self) -> list[ByteRange]:
+        """Byte ranges a reader that starts one reads whole (a zip's members), in file order; none by default."""
+        return []
 
     @final
     def feed(self, offset: int, data: bytes) -> None:
@@ -104,35 +120,108 @@ class Planner:
 
 
 class ZipPlanner(Planner):
-    """End of central directory (and its ZIP64 variant), then the central directory itself."""
+    """End of central directory (and its ZIP64 variant), then the central directory itself, whose entries say
+    where each member's local header starts: ``extents()``.
+
+    Three reads at most, each exactly what the format points to: the last ``_EOCD_FIRST_READ`` bytes (the end
+    records of an archive without a comment, one round trip's worth on any connection); if the record is not
+    there, the whole search range (a comment of up to 64 KiB); then the central directory, if at most
+    ``_DIRECTORY_PARSE_MAX`` bytes (larger ones are prefetched unparsed). Measured at 40 ms RTT, 45 MiB zip:
+    fetching from the last 1 MiB block boundary to EOF sent 837 KiB for a 200 KiB directory.
+    """
+
+    first_read_exact = True
 
     def __post_init__(self) -> None:
-        self._need = ByteRange(max(0, self.file_size - _EOCD_SEARCH), self.file_size)
+        self._need = ByteRange(max(0, self.file_size - _EOCD_FIRST_READ), self.file_size)
+        self._directory: tuple[ByteRange, ByteRange] | None = None  # the directory and end records, once found
+        self._extents: list[ByteRange] = []
+
+    def extents(self) -> list[ByteRange]:
+        """Each member's bytes, from its local header to the next member's (or the central directory), in file
+        order; empty unless the directory was parsed."""
+        return self._extents
 
     def _feed(self, offset: int, data: bytes) -> None:
-        position = data.rfind(_EOCD)
-        if position < 0 or len(data) - position < 22:
-            self._finish()
+        if self._directory is not None:
+            directory, end = self._directory
+            self._extents = _member_extents(data, directory)
+            self._finish(directory, end)
             return
-        cd_size, cd_offset = struct.unpack_from("<II", data, position + 12)
-        eocd = offset + position
-        if 0xFFFFFFFF in (cd_size, cd_offset):
-            locator = position - 20
-            if locator < 0 or data[locator : locator + 4] != _ZIP64_LOCATOR:
+        found = _locate_directory(offset, data, self.file_size)
+        if found is None:
+            search = ByteRange(max(0, self.file_size - _EOCD_SEARCH), self.file_size)
+            if offset > search.start:  # not in the last bytes: a comment; look through all it may span (once)
+                self._need = search
+            else:
                 self._finish()
-                return
-            (record,) = struct.unpack_from("<Q", data, locator + 8)
-            if (
-                not offset <= record <= offset + len(data) - 56
-                or data[record - offset : record - offset + 4] != _ZIP64_EOCD
-            ):
-                self._finish()
-                return
-            cd_size, cd_offset = struct.unpack_from("<QQ", data, record - offset + 40)
-        if cd_offset + cd_size > eocd:
-            self._finish()
             return
-        self._finish(ByteRange(cd_offset, eocd), ByteRange(eocd, self.file_size))
+        directory, end = found
+        if directory.length > _DIRECTORY_PARSE_MAX:
+            self._finish(directory, end)
+            return
+        self._directory = found
+        self._need = directory if directory.length else None
+        if not directory.length:
+            self._finish(end)
+
+
+def _locate_directory(offset: int, data: bytes, file_size: int) -> tuple[ByteRange, ByteRange] | None:
+    """The central directory and the end records, from bytes read at ``offset`` that end at EOF; None if the
+    end-of-central-directory record (or the ZIP64 records it points to) is not among them."""
+    position = data.rfind(_EOCD)
+    if position < 0 or len(data) - position < 22:
+        return None
+    cd_size, cd_offset = struct.unpack_from("<II", data, position + 12)
+    eocd = offset + position
+    if 0xFFFFFFFF in (cd_size, cd_offset):
+        locator = position - 20
+        if locator < 0 or data[locator : locator + 4] != _ZIP64_LOCATOR:
+            return None
+        (record,) = struct.unpack_from("<Q", data, locator + 8)
+        inside = offset <= record <= offset + len(data) - 56
+        if not inside or data[record - offset : record - offset + 4] != _ZIP64_EOCD:
+            return None
+        cd_size, cd_offset = struct.unpack_from("<QQ", data, record - offset + 40)
+    if cd_offset + cd_size > eocd:
+        return None
+    return ByteRange(cd_offset, cd_offset + cd_size), ByteRange(eocd, file_size)
+
+
+def _member_extents(data: bytes, directory: ByteRange) -> list[ByteRange]:
+    """Member extents from the central directory's bytes: each local header to the next (the last one to the
+    directory). Empty if an entry does not parse: a damaged directory gives no hints rather than wrong ones."""
+    starts: list[int] = []
+    position = 0
+    while position < len(data):
+        if data[position : position + 4] != _CENTRAL_ENTRY or position + 46 > len(data):
+            return []
+        compressed, uncompressed, name, extra, comment = struct.unpack_from("<IIHHH", data, position + 20)
+        (header,) = struct.unpack_from("<I", data, position + 42)
+        if header == 0xFFFFFFFF:  # ZIP64: the offset is in the extra field, after the sizes that overflowed
+            skip = 8 * ((uncompressed == 0xFFFFFFFF) + (compressed == 0xFFFFFFFF))
+            header = _zip64_field(data[position + 46 + name : position + 46 + name + extra], skip)
+            if header is None:
+                return []
+        starts.append(header)
+        position += 46 + name + extra + comment
+    starts.sort()
+    pairs = list(zip(starts, [*starts[1:], directory.start], strict=True))
+    if not all(0 <= start < stop for start, stop in pairs):
+        return []  # two entries at one header, or a header inside the directory: not a directory we trust
+    return [ByteRange(start, stop) for start, stop in pairs]
+
+
+def _zip64_field(extra: bytes, skip: int) -> int | None:
+    """The 8 bytes at ``skip`` of the ZIP64 extended information field (id 1) among ``extra``'s fields."""
+    position = 0
+    while position + 4 <= len(extra):
+        kind, size = struct.unpack_from("<HH", extra, position)
+        if kind == 1 and skip + 8 <= size and position + 4 + size <= len(extra):
+            (value,) = struct.unpack_from("<Q", extra, position + 4 + skip)
+            return int(value)
+        position += 4 + size
+    return None
 
 
 class Mp4Planner(Planner):
