@@ -174,7 +174,7 @@ def tcp_settings(namespace: str) -> str:
 
 def namespace_name(profile: origin.Profile) -> str:
     """A namespace name unique to this run and profile, short enough for netns.sh's veth names (15 chars)."""
-    return f"rfb{os.getpid() % 100000}{profile.name[0]}{'t' if profile.rate else ''}"
+    return f"rfb{os.getpid() % 100000}{profile.name[0]}{'t' if profile.rate else ''}{'s' if profile.tls else ''}"
 
 
 def benchmark(args: argparse.Namespace, run: Run, work: Path, tools_bench: realtools.ToolsBench) -> None:

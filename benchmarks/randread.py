@@ -19,6 +19,7 @@ import http.client
 import json
 import os
 import random
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -39,10 +40,16 @@ def offsets(file_size: int, seed: int, count: int) -> list[int]:
 class RangeReader:
     """``read(size, offset)`` by range requests on one HTTP/1.1 connection, kept alive."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ca_bundle: Path | None = None) -> None:
         parts = urlsplit(url)
         self.path = parts.path
-        self.connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=30)
+        self.connection: http.client.HTTPConnection
+        if parts.scheme == "https":
+            context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+            host, port = parts.hostname or "", parts.port or 443
+            self.connection = http.client.HTTPSConnection(host, port, timeout=30, context=context)
+        else:
+            self.connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=30)
 
     def read(self, size: int, offset: int) -> bytes:
         self.connection.request("GET", self.path, headers={"Range": f"bytes={offset}-{offset + size - 1}"})
@@ -56,12 +63,14 @@ class RangeReader:
         self.connection.close()
 
 
-def timed_reads(source: str, positions: list[int], verify: Path | None) -> dict[str, object]:
+def timed_reads(
+    source: str, positions: list[int], verify: Path | None, ca_bundle: Path | None = None
+) -> dict[str, object]:
     latencies: list[float] = []
     wrong: list[str] = []  # "offset: what differed", for the first few reads that were wrong
     mismatches = 0
-    if source.startswith("http://"):
-        remote = RangeReader(source)
+    if source.startswith(("http://", "https://")):
+        remote = RangeReader(source, ca_bundle)
         remote.read(READ_SIZE, 0)  # the connection is made and warm before the timed reads
         read, close = remote.read, remote.close
     else:
@@ -99,14 +108,15 @@ def _difference(data: bytes, expected: bytes) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("file", help="a file, or an http:// URL (then --size is needed)")
+    parser.add_argument("file", help="a file, or an http:// or https:// URL (then --size is needed)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--size", type=int, help="the file's size in bytes (default: stat the file)")
     parser.add_argument("--verify", type=Path, help="a local copy to compare each read with")
+    parser.add_argument("--ca-bundle", type=Path, help="the CA to trust for an https:// URL")
     args = parser.parse_args()
     size = args.size if args.size is not None else Path(args.file).stat().st_size
-    result = timed_reads(args.file, offsets(size, args.seed, args.count), args.verify)
+    result = timed_reads(args.file, offsets(size, args.seed, args.count), args.verify, args.ca_bundle)
     json.dump(result, sys.stdout)
     return 0
 

@@ -166,7 +166,7 @@ def test_zip_planner_reads_exactly_the_end_records_and_the_directory(zip64: bool
     planner = ZipPlanner(len(data))
     asked = drive(planner, data)
     directory = planner.wanted()[0]
-    assert asked[-1] == directory, "the directory is read exactly"
+    assert asked[-1] == ByteRange(directory.start, asked[-2].start), "the directory, less what was read before"
     assert asked[0].length <= 8 * 1024, "the end records first, one round trip's worth"
     assert len(asked) == (3 if comment else 2)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -176,7 +176,7 @@ def test_zip_planner_reads_exactly_the_end_records_and_the_directory(zip64: bool
 
 
 def test_a_damaged_directory_gives_no_member_extents() -> None:
-    data = bytearray(make_zip(20))
+    data = bytearray(make_zip(300))  # a directory larger than the first read
     planner = ZipPlanner(len(data))
     first = planner.next_range()
     assert first is not None

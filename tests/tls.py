@@ -71,3 +71,13 @@ def make_certificates(directory: Path) -> Certificates:
         expired=_leaf(directory, "expired", ca, ca_key, san="IP:127.0.0.1", days=-1),
         wrong_host=_leaf(directory, "wrong-host", ca, ca_key, san="DNS:other.invalid", days=2),
     )
+
+
+def make_server_certificate(directory: Path, address: str) -> tuple[Path, ServerCertificate]:
+    """A fresh CA and a certificate it signed for the IP ``address`` (the benchmark's HTTPS origin): the CA
+    (what clients are told to trust, e.g. rangefs's ``--ca-bundle``) and the server's chain and key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", ca_key, "-out", ca, "-subj", "/CN=rangefs benchmark CA", "-days", "2")  # fmt: skip
+    return ca, _leaf(directory, "origin", ca, ca_key, san=f"IP:{address}", days=2)

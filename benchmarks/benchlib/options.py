@@ -10,7 +10,8 @@ from pathlib import Path
 from benchlib import realtools, tools
 from benchlib.results import MiB
 
-PROFILES = ("loopback", "lan", "wan", "wan-throttled")
+PLAIN_PROFILES = ("loopback", "lan", "wan", "wan-throttled")
+PROFILES = (*PLAIN_PROFILES, *(f"{name}-tls" for name in PLAIN_PROFILES))
 SCENARIOS = ("tools", "random", "sequential")  # the order they run in, per profile
 _SIZE = re.compile(r"^(\d+)([KMG]?)(?:i?B)?$", re.IGNORECASE)
 
@@ -23,6 +24,10 @@ profiles (--profiles; default wan):
   lan             1 ms RTT        \\  nginx runs inside a network namespace made by netns.sh (kernel TCP end to
   wan             --rtt-ms RTT     > end, NFQUEUE delay); clients on the host use its address 10.77.X.2
   wan-throttled   --rtt-ms RTT + nginx limit_rate --wan-rate per connection (and sendfile_max_chunk 64k)
+  NAME-tls        each of the above over HTTPS (loopback-tls, lan-tls, wan-tls, wan-throttled-tls): nginx with a
+                  certificate made for the run (openssl, a CA of its own), which every client is told to trust:
+                  rangefs --ca-bundle, rclone --ca-cert, httpdirfs --cacert, curl --cacert, aria2c
+                  --ca-certificate; verified, never skipped. A new connection costs one more round trip.
   netns.sh is ../shared/netem/netns.sh from the repository root, or $RANGEFS_NETNS_SH. Each namespace is taken
   down (netns.sh down) and each nginx ended by its PID when the run ends, also on Ctrl-C or SIGTERM.
 

@@ -281,6 +281,7 @@ def mounted_run(
         label=label,
         extra_args=extra,
         rangefs_source=tb.bench.rangefs_source,
+        ca_bundle=case.ca_bundle,
     )
     row = _row(tb, command, case.profile.name, filesystem)
     try:
@@ -398,6 +399,7 @@ def _opened_after(
         label=label,
         extra_args=extra,
         rangefs_source=tb.bench.rangefs_source,
+        ca_bundle=case.ca_bundle,
     )
     row = _row(tb, command, case.profile.name, case.tool)
     row.variant = _opened(wait)

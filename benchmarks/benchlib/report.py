@@ -39,10 +39,11 @@ def render(run: Run) -> str:
 
 
 def describe_profile(profile: Profile) -> str:
+    secure = ", HTTPS (a certificate made for the run, which every client verifies)" if profile.tls else ""
     if not profile.namespaced:
-        return f"{profile.name} (nginx on 127.0.0.1, no delay, no limit)"
+        return f"{profile.name} (nginx on 127.0.0.1, no delay, no limit{secure})"
     rate = f", nginx `limit_rate {profile.rate}` per connection" if profile.rate else ""
-    return f"{profile.name} ({profile.rtt_ms} ms RTT through a network namespace{rate})"
+    return f"{profile.name} ({profile.rtt_ms} ms RTT through a network namespace{rate}{secure})"
 
 
 def _summary(run: Run, profile: Profile) -> str:

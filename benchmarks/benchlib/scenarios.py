@@ -115,11 +115,12 @@ def repeated_read(path: Path, size: int, timeout: float, times: int = WARM_REPEA
     return Step(seconds=statistics.median(seconds))
 
 
-def random_reads(bench: Bench, source: Path | str, label: str) -> LatencyStep:
-    """benchmarks/randread.py in a child process on a file (or a URL); each read is compared with the local
-    file."""
+def random_reads(bench: Bench, source: Path | str, label: str, *, ca_bundle: Path | None = None) -> LatencyStep:
+    """benchmarks/randread.py in a child process on a file (or a URL, of an HTTPS origin whose CA is
+    ``ca_bundle``); each read is compared with the local file."""
     script = Path(__file__).resolve().parent.parent / "randread.py"
     argv = [sys.executable, str(script), str(source), "--seed", str(bench.seed), "--count", str(bench.random_reads)]
+    argv += ["--ca-bundle", str(ca_bundle)] if ca_bundle else []
     argv += ["--size", str(bench.size), "--verify", str(bench.data_file)]
     done = procs.run(argv, bench.timeouts.random)
     if not done.ok:
@@ -166,7 +167,9 @@ def raw_http_random(bench: Bench, origin: Origin) -> ToolResult:
     result = ToolResult(origin.profile.name, RAW_HTTP)
     bench.drop_caches()
     mark = origin.access.mark()
-    result.random_cold = random_reads(bench, origin.base_url + bench.data_file.name, f"{RAW_HTTP} cold")
+    result.random_cold = random_reads(
+        bench, origin.base_url + bench.data_file.name, f"{RAW_HTTP} cold", ca_bundle=origin.ca_bundle
+    )
     result.random_cold.traffic = origin.access.traffic_since(mark, bench.uri)
     return result
 
@@ -180,7 +183,7 @@ def download(bench: Bench, case: Case) -> ToolResult:
     try:
         bench.drop_caches()
         mark = access.mark()
-        done = procs.run(tools.download_argv(tool, url, scratch), bench.timeouts.read)
+        done = procs.run(tools.download_argv(tool, url, scratch, case.ca_bundle), bench.timeouts.read)
         result.cold = Step(seconds=done.seconds) if done.ok else Step(status=done.problem(), seconds=done.seconds)
         result.cpu_seconds = done.cpu_seconds
         result.cold.traffic = access.traffic_since(mark, bench.uri)
@@ -272,6 +275,11 @@ class Case:
         return self.origin.access
 
     @property
+    def ca_bundle(self) -> Path | None:
+        """The CA to trust for an HTTPS origin (None: plain HTTP)."""
+        return self.origin.ca_bundle
+
+    @property
     def label(self) -> str:
         return f"{self.tool}-{self.profile.name}"
 
@@ -313,6 +321,7 @@ def _spec(bench: Bench, case: Case, cache: Path, phase: str) -> tools.MountSpec:
         label=label,
         extra_args=extra,
         rangefs_source=bench.rangefs_source,
+        ca_bundle=case.ca_bundle,
     )
 
 

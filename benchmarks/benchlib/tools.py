@@ -52,13 +52,15 @@ def executable(tool: str) -> str | None:
     return shutil.which(tool)
 
 
-def download_argv(tool: str, url: str, scratch: Path) -> list[str]:
-    """The command that downloads ``url`` with a plain downloader (its output goes nowhere or to scratch)."""
+def download_argv(tool: str, url: str, scratch: Path, ca_bundle: Path | None = None) -> list[str]:
+    """The command that downloads ``url`` with a plain downloader (its output goes nowhere or to scratch),
+    trusting the CA ``ca_bundle`` (an HTTPS origin's) if given."""
     if tool == "curl":
-        return ["curl", "--silent", "--show-error", "--fail", "--output", "/dev/null", url]
+        trust = ["--cacert", str(ca_bundle)] if ca_bundle else []
+        return ["curl", "--silent", "--show-error", "--fail", *trust, "--output", "/dev/null", url]
     if tool == "aria2c":
         return [
-            "aria2c",
+            *(["aria2c", f"--ca-certificate={ca_bundle}"] if ca_bundle else ["aria2c"]),
             "-x8",
             "-s8",
             "-k1M",
@@ -104,11 +106,15 @@ def mount_spec(
     label: str,
     extra_args: list[str],
     rangefs_source: Path | None = None,
+    ca_bundle: Path | None = None,
 ) -> MountSpec:
     """The mount of ``base_url`` (a directory served with an index) for ``tool``; rangefs from the checkout
-    ``rangefs_source`` if given."""
+    ``rangefs_source`` if given. ``ca_bundle``: the CA an HTTPS origin's certificate is signed by, which each
+    tool is told to trust (rangefs ``--ca-bundle``, rclone ``--ca-cert``, httpdirfs ``--cacert``): verified,
+    not skipped, as a user would run them."""
     output = logs / f"{label}.out"
     if tool == "rangefs":
+        trust = ["--ca-bundle", str(ca_bundle)] if ca_bundle else []
         return _rangefs_spec(
             base_url=base_url,
             file_name=file_name,
@@ -116,7 +122,7 @@ def mount_spec(
             cache_dir=cache_dir,
             logs=logs,
             label=label,
-            extra_args=extra_args,
+            extra_args=[*trust, *extra_args],
             source=rangefs_source,
         )
     if tool == "rclone":
@@ -124,11 +130,13 @@ def mount_spec(
         config.touch()
         argv = ["rclone", "mount", ":http:", str(mountpoint), "--http-url", base_url, "--config", str(config)]
         argv += ["--vfs-cache-mode", "full", "--cache-dir", str(cache_dir), "--read-only", "--log-level", "NOTICE"]
+        argv += ["--ca-cert", str(ca_bundle)] if ca_bundle else []
         return MountSpec(tool, argv + extra_args, mountpoint, mountpoint / file_name, cache_dir, output)
     if tool == "httpdirfs":
         # --no-range-check: httpdirfs 1.2.x's own check wrongly decides that nginx does not support ranges and
         # exits on the first read (httpdirfs issue #188); nginx does support them.
         argv = ["httpdirfs", "-f", "--no-range-check", "--cache", "--cache-location", str(cache_dir), *extra_args]
+        argv += ["--cacert", str(ca_bundle)] if ca_bundle else []
         argv.append(base_url)
         return MountSpec(tool, [*argv, str(mountpoint)], mountpoint, mountpoint / file_name, cache_dir, output)
     raise ValueError(f"not a FUSE tool: {tool}")

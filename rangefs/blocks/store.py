@@ -226,6 +226,13 @@ class BlockStore:
                         c_lo, c_hi = _within(chunk, block.start + lo, block.start + hi)
                         piece = self._lookup(chunk, c_lo, c_hi)
                         if piece is None:
+                            # Pieces of another size may hold this one's bytes (a zip's last pages, fetched
+                            # before its directory's 64 KiB pieces): join those, fetch only what none holds.
+                            sub = chunk.start - block.start + c_lo, chunk.start - block.start + c_hi
+                            held = self._lookup_other_grids(block, *sub, grid)
+                            if held is not None:
+                                parts.extend(held)
+                                continue
                             pending = self.in_flight.register(chunk, owner)
                             missing.append((chunk, pending))
                             piece = (pending, c_lo, c_hi)
@@ -246,6 +253,11 @@ class BlockStore:
             tally.bytes_served += wanted.length
             tally.bytes_hit += hit
         return b"".join(result)
+
+    def _lookup_other_grids(self, block: PieceKey, lo: int, hi: int, grid: int) -> list[Part] | None:
+        """Bytes ``lo`` to ``hi`` of ``block`` from pieces of one size other than ``grid``, if some size holds them."""
+        others = (other for other in PIECE_GRIDS if other != grid)
+        return next((held for g in others if (held := self._lookup_grid(block, lo, hi, g)) is not None), None)
 
     def _lookup_grid(
         self, block: PieceKey, lo: int, hi: int, grid: int

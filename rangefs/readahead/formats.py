@@ -36,6 +36,8 @@ _EOCD = b"PK\x05\x06"
 _ZIP64_LOCATOR = b"PK\x06\x07"
 _ZIP64_EOCD = b"PK\x06\x06"
 _CENTRAL_ENTRY = b"PK\x01\x02"
+_ENTRY_FIELDS = struct.Struct("<IIHHH")  # a directory entry's sizes and name, extra and comment lengths
+_ENTRY_HEADER = struct.Struct("<I")  # its local header's offset
 # The zip plan's first read: the end records of an archive without a comment (22 bytes, ZIP64's 76 more) and
 # then some, within the ~14 KiB a connection carries in its first round trip.
 _EOCD_FIRST_READ = 8 * 1024
@@ -136,6 +138,8 @@ class ZipPlanner(Planner):
         self._need = ByteRange(max(0, self.file_size - _EOCD_FIRST_READ), self.file_size)
         self._directory: tuple[ByteRange, ByteRange] | None = None  # the directory and end records, once found
         self._extents: list[ByteRange] = []
+        # The bytes the end records were found in, and where they start: the directory's end may be among them.
+        self._tail_offset, self._tail = self.file_size, b""
 
     def extents(self) -> list[ByteRange]:
         """Each member's bytes, from its local header to the next member's (or the central directory), in file
@@ -145,8 +149,7 @@ class ZipPlanner(Planner):
     def _feed(self, offset: int, data: bytes) -> None:
         if self._directory is not None:
             directory, end = self._directory
-            self._extents = _member_extents(data, directory)
-            self._finish(directory, end)
+            self._parse(directory, end, data + self._tail[: directory.stop - self._tail_offset])
             return
         found = _locate_directory(offset, data, self.file_size)
         if found is None:
@@ -160,10 +163,18 @@ class ZipPlanner(Planner):
         if directory.length > _DIRECTORY_PARSE_MAX:
             self._finish(directory, end)
             return
+        if directory.start >= offset:  # all of it among the bytes read
+            self._parse(directory, end, data[directory.start - offset : directory.stop - offset])
+            return
+        # Read only what is not among the bytes read already: the tool reading the directory waits for the
+        # same last piece as this plan, so the members are known before it seeks to one.
         self._directory = found
-        self._need = directory if directory.length else None
-        if not directory.length:
-            self._finish(end)
+        self._tail_offset, self._tail = offset, data
+        self._need = ByteRange(directory.start, min(directory.stop, offset))
+
+    def _parse(self, directory: ByteRange, end: ByteRange, data: bytes) -> None:
+        self._extents = _member_extents(data, directory)
+        self._finish(directory, end)
 
 
 def _locate_directory(offset: int, data: bytes, file_size: int) -> tuple[ByteRange, ByteRange] | None:
@@ -193,11 +204,12 @@ def _member_extents(data: bytes, directory: ByteRange) -> list[ByteRange]:
     directory). Empty if an entry does not parse: a damaged directory gives no hints rather than wrong ones."""
     starts: list[int] = []
     position = 0
-    while position < len(data):
-        if data[position : position + 4] != _CENTRAL_ENTRY or position + 46 > len(data):
+    end = len(data)
+    while position < end:
+        if position + 46 > end or not data.startswith(_CENTRAL_ENTRY, position):
             return []
-        compressed, uncompressed, name, extra, comment = struct.unpack_from("<IIHHH", data, position + 20)
-        (header,) = struct.unpack_from("<I", data, position + 42)
+        compressed, uncompressed, name, extra, comment = _ENTRY_FIELDS.unpack_from(data, position + 20)
+        header = _ENTRY_HEADER.unpack_from(data, position + 42)[0]
         if header == 0xFFFFFFFF:  # ZIP64: the offset is in the extra field, after the sizes that overflowed
             skip = 8 * ((uncompressed == 0xFFFFFFFF) + (compressed == 0xFFFFFFFF))
             header = _zip64_field(data[position + 46 + name : position + 46 + name + extra], skip)
@@ -205,6 +217,8 @@ def _member_extents(data: bytes, directory: ByteRange) -> list[ByteRange]:
                 return []
         starts.append(header)
         position += 46 + name + extra + comment
+    if not starts:
+        return []
     starts.sort()
     pairs = list(zip(starts, [*starts[1:], directory.start], strict=True))
     if not all(0 <= start < stop for start, stop in pairs):

@@ -115,6 +115,7 @@ class Prefetcher:
     async def _carry_out(self, source: RangeSource, planner: Planner) -> None:
         try:
             first = True
+            read: list[ByteRange] = []
             while (need := planner.next_range()) is not None:
                 # Box headers are a few bytes: fetch their chunk, not a whole block.
                 small = need.length <= _SMALL_INDEX
@@ -127,6 +128,7 @@ class Prefetcher:
                 # A cached read returns without a checkpoint: a plan that kept asking would hold the event loop.
                 await trio.lowlevel.checkpoint()
                 planner.feed(need.start, await self.store.read(source, need.start, need.length, piece_size=piece_size))
+                read.append(need)
         except RangefsError as error:
             log.debug("format-aware prefetch of %s stopped: %s", source.describe().get("url"), error)
             return
@@ -142,6 +144,8 @@ class Prefetcher:
             if (early := self._planning.pop(source.object_id, None)) is not None:
                 self.fetch_member(source, early, started=True)
         for wanted in planner.wanted():
+            if _covered(wanted, read):  # the plan read it (a zip's directory): at hand, in its own pieces
+                continue
             log.debug("prefetching the index of %s: %s", source.describe().get("url"), wanted)
             if wanted.length <= _SMALL_INDEX:
                 self._nursery.start_soon(self._fetch_small_index, source, wanted)
@@ -230,3 +234,13 @@ class Prefetcher:
                     scopes.discard(scope)
                     if not scopes:
                         del self._scopes[key]
+
+
+def _covered(wanted: ByteRange, ranges: list[ByteRange]) -> bool:
+    """Whether ``ranges`` together cover every byte of ``wanted``."""
+    position = wanted.start
+    for covering in sorted(ranges, key=lambda r: r.start):
+        if covering.start > position:
+            break
+        position = max(position, covering.stop)
+    return position >= wanted.stop
