@@ -437,9 +437,14 @@ class FileEngine:
             if decision.prefetch is not None:
                 self.prefetcher.submit(opened.version, handle, decision.prefetch)
             elif decision.random_access and offset != opened.read_end:
+                wanted = clamp_read(offset, size, opened.version.size)
                 # A seek that lands on a zip member's header: its data follows (a reader going through the
                 # file from the start, as bsdtar does, is left to the readahead).
-                self.prefetcher.fetch_member(opened.version, clamp_read(offset, size, opened.version.size))
+                self.prefetcher.fetch_member(opened.version, wanted)
+                if size > _SPARSE_READ:
+                    # A large read after a seek (a player's or ffmpeg's jump to a frame): from its own bytes to
+                    # the end of their block, rather than the whole block, which sent the bytes before them first.
+                    self.prefetcher.fetch_rest_of_block(opened.version, wanted.start)
         opened.read_end = offset + size
         small = decision.random_access and size <= _SPARSE_READ
         piece_size = SMALL_READ_PIECE if small else 0

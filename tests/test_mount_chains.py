@@ -84,3 +84,21 @@ def _range(header: str | None) -> tuple[int, int]:
     assert header is not None and header.startswith("bytes=")
     first, last = header.removeprefix("bytes=").split("-")
     return int(first), int(last) + 1
+
+
+def test_a_large_read_after_a_seek_fetches_from_its_own_bytes_to_the_end_of_its_block(
+    origin: Origin, mount_factory: MountFactory
+) -> None:
+    data = pattern_bytes(8 * MiB, seed=43)
+    url = origin.add("/video.bin", data)
+    mounted = mount_factory([url])
+    offset = 5 * MiB + 800 * 1024 + 123  # three quarters into block 5, as ffmpeg's read of a keyframe was
+    fd = os.open(mounted.path / "video.bin", os.O_RDONLY)
+    try:
+        first = os.pread(fd, 64 * 1024, offset)
+        second = os.pread(fd, 64 * 1024, offset + 64 * 1024)  # the rest of the block: no request of its own
+    finally:
+        os.close(fd)
+    assert hashlib.sha256(first + second).digest() == hashlib.sha256(data[offset : offset + 128 * 1024]).digest()
+    ranges = [_range(record.range) for record in origin.requests_for("/video.bin")]
+    assert ranges == [(5 * MiB + 768 * 1024, 6 * MiB)], ranges

@@ -254,6 +254,12 @@ class BlockStore:
             tally.bytes_hit += hit
         return b"".join(result)
 
+    def _held_in_other_sizes(self, block: PieceKey, key: PieceKey, size: int) -> bool:
+        """Whether pieces of one size other than ``size`` at hand hold all of ``key``'s bytes."""
+        lo, hi = key.start - block.start, key.stop - block.start
+        others = (other for other in PIECE_GRIDS if other != size)
+        return any(all(map(self.is_at_hand, self._small_keys(block, lo, hi, other))) for other in others)
+
     def _lookup_other_grids(self, block: PieceKey, lo: int, hi: int, grid: int) -> list[Part] | None:
         """Bytes ``lo`` to ``hi`` of ``block`` from pieces of one size other than ``grid``, if some size holds them."""
         others = (other for other in PIECE_GRIDS if other != grid)
@@ -314,8 +320,11 @@ class BlockStore:
             block = self.block_key(source, index)
             lo, hi = _within(block, wanted.start, wanted.stop)
             whole = (lo, hi) == (0, block.length) and not self._index_grid_in_use(block)
-            small = piece_size and not source.streams_whole and not whole
-            keys += self._small_keys(block, lo, hi, piece_size) if small else [block]
+            if piece_size and not source.streams_whole and not whole:
+                pieces = self._small_keys(block, lo, hi, piece_size)
+                keys += [key for key in pieces if not self._held_in_other_sizes(block, key, piece_size)]
+            else:
+                keys.append(block)
         owner = object()
         # Every lookup before the first registration: one that raises must leave nothing registered that no
         # fetch owns (its readers would wait forever).

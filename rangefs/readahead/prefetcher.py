@@ -205,6 +205,14 @@ class Prefetcher:
             self._member_fetched[source.object_id] = ByteRange(wanted.start, stop)
             self._fetch_pieces(source, ByteRange(wanted.stop if started else wanted.start, stop), INDEX_PIECE)
 
+    def fetch_rest_of_block(self, source: RangeSource, offset: int) -> None:
+        """Fetch from ``offset`` (its 64 KiB piece) to the end of its block as index pieces, unless the block is at
+        hand: the reader's bytes come first. Never waits."""
+        block = self.store.block_key(source, offset // self.store.block_size)
+        start = block.start + (offset - block.start) // INDEX_PIECE * INDEX_PIECE
+        if start > block.start:  # from the block's start, a whole block is the same request
+            self._register(source, ByteRange(start, block.stop), INDEX_PIECE)
+
     def cancel(self, handle: int, stream_ids: tuple[int, ...] | None = None) -> None:
         """Cancel the parts of the given streams of ``handle`` (all its streams when None)."""
         keys = [key for key in self._scopes if key[0] == handle and (stream_ids is None or key[1] in stream_ids)]
