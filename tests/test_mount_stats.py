@@ -65,24 +65,27 @@ def test_xattrs_count_cached_and_fetched_bytes_exactly(origin: Origin, mount_fac
     data, mounted, path = _mount_one(origin, mount_factory)
     assert _xattr_int(path, "cached_bytes") == 0
     assert _xattr_int(path, "fetched_bytes") == 0
-    # 100 KiB inside block 1: a read larger than 32 KiB fetches its whole 1 MiB block.
+    # 100 KiB inside block 1 after a seek: a read larger than 32 KiB fetches from its own 64 KiB piece to
+    # the end of its block (512 KiB here).
     assert read_direct(path, MiB + MiB // 2, 100 * KiB) == data[MiB + MiB // 2 : MiB + MiB // 2 + 100 * KiB]
     gets = origin.requests_for("/data.bin")
-    assert [record.range for record in gets] == [f"bytes={MiB}-{2 * MiB - 1}"]
-    assert origin.bytes_sent_for("/data.bin") == MiB
-    assert _xattr_int(path, "fetched_bytes") == MiB
-    _eventually(lambda: _xattr_int(path, "cached_bytes") == MiB, "block 1 in the disk cache")
-    # A 4 KiB read elsewhere fetches its 4 KiB page only; the page inside block 1 costs nothing.
+    assert [record.range for record in gets] == [f"bytes={MiB + MiB // 2}-{2 * MiB - 1}"]
+    fetched = MiB // 2
+    assert origin.bytes_sent_for("/data.bin") == fetched
+    assert _xattr_int(path, "fetched_bytes") == fetched
+    _eventually(lambda: _xattr_int(path, "cached_bytes") == fetched, "the rest of block 1 in the disk cache")
+    # A 4 KiB read elsewhere fetches its 4 KiB page only; a page inside what was fetched costs nothing.
+    page = MiB + MiB // 2 + 200 * KiB
     assert read_direct(path, 8 * KiB, 4 * KiB) == data[8 * KiB : 12 * KiB]
-    assert read_direct(path, MiB + 4 * KiB, 4 * KiB) == data[MiB + 4 * KiB : MiB + 8 * KiB]
-    assert origin.bytes_sent_for("/data.bin") == MiB + 4 * KiB
-    assert _xattr_int(path, "fetched_bytes") == MiB + 4 * KiB
-    _eventually(lambda: _xattr_int(path, "cached_bytes") == MiB + 4 * KiB, "the page in the disk cache")
+    assert read_direct(path, page, 4 * KiB) == data[page : page + 4 * KiB]
+    assert origin.bytes_sent_for("/data.bin") == fetched + 4 * KiB
+    assert _xattr_int(path, "fetched_bytes") == fetched + 4 * KiB
+    _eventually(lambda: _xattr_int(path, "cached_bytes") == fetched + 4 * KiB, "the page in the disk cache")
     counted = _file_stats(mounted, "data.bin")
     assert counted["requests"] == len(origin.requests_for("/data.bin")) == 2
     assert counted["bytes_fetched"] == origin.bytes_sent_for("/data.bin")
     assert counted["bytes_served"] == 108 * KiB
-    assert counted["bytes_hit"] == 4 * KiB  # the page inside block 1 came from memory
+    assert counted["bytes_hit"] == 4 * KiB  # the page inside the fetched part of block 1 came from memory
     assert (counted["reads"], counted["read_errors"], counted["retries"], counted["errors"]) == (3, 0, 0, 0)
     assert counted["bytes_in_flight"] == 0
     assert "user.rangefs.cached_bytes" in os.listxattr(path)
