@@ -17,7 +17,7 @@ import pytest
 import trio
 
 import rangefs
-from tests import media
+from tests import faults, media
 from tests.conftest import MountFactory
 from tests.origin import Origin, pattern_bytes
 
@@ -233,3 +233,21 @@ def test_cache_is_shared_with_a_mount(mount_factory: MountFactory, origin: Origi
     with rangefs.Session(cache_dir=cache) as session, session.open(mount_first) as remote:
         assert remote.read() == data
     assert origin.requests_for("/mount-first.bin") == []  # the mount's blocks (a HEAD revalidates at most)
+
+
+def test_a_failed_probe_is_tried_again_once_per_revalidate_after(origin: Origin, tmp_path: Path) -> None:
+    """Found by the model test: an open right after an outage meets the failure the outage caused, without a
+    request of its own; an open once --revalidate-after (1 s) has passed probes again, and succeeds."""
+    url = origin.add("/outage.bin", b"back again")
+    origin.faults["/outage.bin"] = faults.transient(faults.status(503), 50, methods=("HEAD", "GET"))
+    with rangefs.Session(cache_dir=tmp_path / "cache", timeout=2) as session:
+        with pytest.raises(OSError, match="503"):
+            session.open(url)
+        del origin.faults["/outage.bin"]
+        origin.clear_log()
+        with pytest.raises(OSError, match="503"):
+            session.open(url)  # within a second: the failure is remembered, the server spared
+        assert origin.requests_for("/outage.bin", "HEAD") == origin.requests_for("/outage.bin") == []
+        time.sleep(1.1)
+        with session.open(url) as remote:
+            assert remote.read() == b"back again"

@@ -564,7 +564,7 @@ class RangefsMachine(RuleBasedStateMachine):
         burst = self.origin.arm(name, kind, count)
         outcome, record = self._run(lambda: self._open(slot_index, name))
         self._opened(slot_index, name, outcome, record)
-        burst.remaining, burst.exhausted_at = 0, self.origin.step
+        burst.exhaust(self.origin.step)
 
     @rule(engine=st.integers(0, 1), count=st.integers(1, 6))
     def cache_fault(self, engine: int, count: int) -> None:

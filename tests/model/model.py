@@ -57,6 +57,10 @@ class ModelViolation(AssertionError):
     pass
 
 
+# --revalidate-after (the default, 1 s) and a second of slack for a loaded machine.
+_FAILURE_REMEMBERED = 2.0
+
+
 class Model:
     def __init__(self, origin: ModelOrigin, *, metadata_ttl: float) -> None:
         self.origin = origin
@@ -97,6 +101,10 @@ class Model:
         """Why an operation on ``name`` that ran during steps [start, stop] may fail; None if nothing does."""
         if self.fault_within(name, start, stop):
             return "a fault burst on the file was active"
+        if any(burst.ended_within(_FAILURE_REMEMBERED) for burst in self.origin.files[name].faults):
+            # The engine tries a file whose probe failed again at most once per --revalidate-after (1 s):
+            # an open soon after a burst may meet the failure the burst caused, at a later step.
+            return "a fault burst on the file ended less than --revalidate-after ago"
         if self.cache_fault_within(engine, start, stop):
             return "an injected cache fault was active"
         if self.change_within(name, window_start, stop):

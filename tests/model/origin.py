@@ -22,6 +22,7 @@ that ends early. Every request is recorded with the state it was answered from.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -97,9 +98,17 @@ class FaultBurst:
     remaining: int
     armed_at: int
     exhausted_at: int | None = None
+    exhausted_clock: float | None = None  # time.monotonic() then
 
     def active_within(self, start: int, stop: int) -> bool:
         return self.armed_at <= stop and (self.exhausted_at is None or self.exhausted_at >= start)
+
+    def exhaust(self, step: int) -> None:
+        self.remaining, self.exhausted_at, self.exhausted_clock = 0, step, time.monotonic()
+
+    def ended_within(self, seconds: float) -> bool:
+        """Over, less than ``seconds`` ago."""
+        return self.exhausted_clock is not None and time.monotonic() - self.exhausted_clock < seconds
 
 
 @dataclass
@@ -170,7 +179,7 @@ class ModelOrigin(httpx.AsyncBaseTransport):
         for file in self.files.values():
             for burst in file.faults:
                 if burst.exhausted_at is None:
-                    burst.remaining, burst.exhausted_at = 0, self.step
+                    burst.exhaust(self.step)
 
     def active_faults(self, name: str) -> list[FaultBurst]:
         return [burst for burst in self.files[name].faults if burst.exhausted_at is None]
@@ -212,7 +221,7 @@ class ModelOrigin(httpx.AsyncBaseTransport):
                 continue
             burst.remaining -= 1
             if burst.remaining == 0:
-                burst.exhausted_at = self.step
+                burst.exhaust(self.step)
             return burst
         return None
 
