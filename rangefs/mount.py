@@ -22,6 +22,7 @@ import trio
 from rangefs import kernel, mountinfo, stack
 from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings
+from rangefs.engine import ProbeProgress
 from rangefs.errors import MountError
 from rangefs.fuse_ops import RangefsOperations
 from rangefs.namespace import Namespace
@@ -122,11 +123,12 @@ async def serve(
     settings: MountSettings,
     *,
     urls_file: Path | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[ProbeProgress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount, serve until unmounted or signalled, unmount. With ``urls_file`` (where ``entries`` came
     from), SIGHUP reloads it, and the mount table shows it as the mounted thing (as a disk shows its device):
-    mount(8) compares that with fstab's source to know a line is mounted already."""
+    mount(8) compares that with fstab's source to know a line is mounted already. Started: how far the
+    probes, running since just before the mount, have got (they go on)."""
     vanished = _VanishedRequestFilter()
     logging.getLogger("pyfuse3").addFilter(vanished)
     # Signals are ours from here to the very end: one arriving during the clean-up after an unmount must not
@@ -161,7 +163,7 @@ async def _serve_with_cache(
     cache: BlockCache,
     signals: AsyncIterator[int],
     urls_file: Path | None,
-    task_status: trio.TaskStatus[None],
+    task_status: trio.TaskStatus[ProbeProgress],
 ) -> None:
     async with stack.running_engine(entries, settings, cache) as engine, trio.open_nursery() as nursery:
         operations = RangefsOperations(
@@ -188,7 +190,7 @@ async def _serve_with_cache(
                 # Only now: the kernel's INIT exchange clamps read_ahead_kb to what libfuse negotiated.
                 applied = kernel.tune(mountpoint, readahead_bytes=settings.kernel_readahead, max_background=64)
                 log.info("mounted %d files on %s (kernel: %s)", len(entries), mountpoint, applied or "defaults")
-                task_status.started()
+                task_status.started(engine.probe_progress)
         finally:
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()  # and leaving running_engine cancels every fetch

@@ -26,6 +26,7 @@ from rangefs.errors import InvalidResponse, RemoteUnreachable
 from rangefs.remote.breaker import Admission, HostBreaker
 from rangefs.remote.diagnosis import explain
 from rangefs.remote.headers import parse_digits
+from rangefs.remote.headpath import HeadConnections, authorized
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,24 @@ class Sender:
     """Sends requests over ``client`` (which must not follow redirects itself) through ``breaker``; an
     ``offline`` Sender sends nothing and fails every request at once."""
 
-    def __init__(self, client: httpx.AsyncClient, breaker: HostBreaker, *, offline: bool = False) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        breaker: HostBreaker,
+        *,
+        offline: bool = False,
+        heads: HeadConnections | None = None,
+    ) -> None:
         self._client = client
         self.breaker = breaker
         self.offline = offline
+        # Where HEADs go instead of ``client`` (the lighter path, see headpath.py), if anywhere.
+        self.heads = heads
         # Configured URL -> where it last redirected to, while that keeps answering.
         self._redirected: dict[str, httpx.URL] = {}
 
     def __repr__(self) -> str:
-        return f"<Sender {len(self._redirected)} redirects remembered {self.breaker!r}>"
+        return f"<Sender {len(self._redirected)} redirects remembered {self.breaker!r} {self.heads!r}>"
 
     @asynccontextmanager
     async def request(
@@ -131,7 +141,10 @@ class Sender:
 
         request.extensions["trace"] = trace
         try:
-            response = await self._client.send(request, stream=True)
+            if self.heads is not None and request.method == "HEAD":
+                response = await self._send_head(self.heads, request, attempt)
+            else:
+                response = await self._client.send(request, stream=True)
         except _CONNECT_FAILURES as error:
             attempt.connecting, attempt.host_down = None, True
             self.breaker.failed(host, self.describe(error, host))
@@ -145,6 +158,13 @@ class Sender:
             raise
         self._connected(attempt)
         attempt.answered = True
+        return response
+
+    async def _send_head(self, heads: HeadConnections, request: httpx.Request, attempt: Attempt) -> httpx.Response:
+        """What httpx's client does around sending (auth, storing cookies), with the lighter path in between."""
+        response = await heads.send(authorized(self._client.auth, request), lambda: self._connected(attempt))
+        if "set-cookie" in response.headers:
+            self._client.cookies.extract_cookies(response)
         return response
 
     def describe(self, error: Exception, host: str) -> str:
