@@ -30,6 +30,7 @@ from rangefs.config import Entry, MountSettings, options, parse_size, read_urls_
 from rangefs.config.settings import default_log_file
 from rangefs.download import command as download_command
 from rangefs.errors import ConfigError, MountError, UsageError
+from rangefs.mountpoint import check_fuse_available, check_mountpoint
 from rangefs.systemd import journal, notify
 
 log = logging.getLogger("rangefs")
@@ -196,13 +197,10 @@ def _settings(args: argparse.Namespace) -> MountSettings:
 
 def _mount(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    # Lazy import: the pyfuse3 extension is only needed once we really mount.
-    from rangefs import mount
-
     # Before the checks: clearing a dead mount is worth a line (on stderr for a background mount's caller).
     _setup_logging(args, args.log_file if args.foreground else None)
-    mount.check_fuse_available()
-    mount.check_mountpoint(args.mountpoint)
+    check_fuse_available()
+    check_mountpoint(args.mountpoint)
     if not args.foreground:
         # The daemon parses the urls file and reports its problems here: parsing it twice cost 1.9 s of a
         # 100,000-line list's mount.

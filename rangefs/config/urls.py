@@ -64,6 +64,9 @@ class Entry:
         return (self.path, self.url, self.headers, self.expected_size, commands)
 
 
+_COMMENT = re.compile(r"(^|\s)#")
+
+
 @dataclass
 class _Draft:
     path: PurePosixPath
@@ -131,8 +134,11 @@ def parse_urls(text: str, filename: str, environ: Mapping[str, str]) -> list[Ent
 
 
 def _strip_comment(line: str) -> str:
-    # A '#' starts a comment only at the line start or after white space: URLs keep their fragments.
-    match = re.search(r"(^|\s)#", line)
+    # A '#' starts a comment only at the line start or after white space: URLs keep their fragments. Most lines
+    # have none: the search cost a quarter of parsing 100,000 lines.
+    if "#" not in line:
+        return line
+    match = _COMMENT.search(line)
     return line[: match.start()] if match else line
 
 

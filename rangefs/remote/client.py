@@ -136,9 +136,11 @@ class RemoteClient:
         breaker: HostBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         auth: httpx.Auth | None = None,
+        lighter_heads: bool = True,
     ) -> None:
         """A client with the timeouts, connection limits and TLS of ``settings`` (a mount's defaults if None);
-        ``transport`` replaces the network (tests)."""
+        ``transport`` replaces the network (tests). ``lighter_heads=False`` sends HEADs through httpx too (the
+        tests compare the two paths)."""
         settings = settings or MountSettings()
         timeout = settings.read_timeout
         # The HostLimits below bound connections; httpx's pool only keeps them alive.
@@ -169,7 +171,8 @@ class RemoteClient:
         # HEADs take the lighter path (headpath.py) where httpx's own pool would serve them the plainest way:
         # our transport (no proxy), HTTP/1.1, an auth of one step. Elsewhere httpx's path serves them too.
         heads = None
-        if own_transport is not None and not settings.http2 and (auth is None or isinstance(auth, NetrcAuth)):
+        one_step_auth = auth is None or isinstance(auth, NetrcAuth)
+        if lighter_heads and own_transport is not None and not settings.http2 and one_step_auth:
             heads = HeadConnections(
                 ssl_context=verify, timeout=timeouts, max_idle=4 * settings.connections, keepalive_expiry=60.0
             )
