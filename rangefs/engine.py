@@ -32,6 +32,7 @@ the block store, requests, bytes fetched, retries and errors by the HTTP client,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import heapq
 import itertools
@@ -74,9 +75,11 @@ _NOTHING_STORED = "--offline, and nothing is stored about it: mount once without
 # limits to 64 KiB (a file's entry is its path and ~230 bytes of counters), and a table of more does not fit
 # a terminal anyway.
 BUSIEST_FILES = 20
-# Probe results stored with the cache in one transaction while probes run: a commit each cost ~0.1 ms, 10 %
-# of a 10,000-URL listing's CPU; a crash loses at most this many (each costs one probe on the next mount).
-_RECORD_BATCH = 500
+# Seconds between two stores of probe results while probes run, each one transaction: a commit per result
+# cost ~0.1 ms, 10 % of a 10,000-URL listing's CPU, and batches of 500 random keys into an index of 100,000
+# still rewrote most of its pages each time (8 %). A crash loses at most this long's results (each costs one
+# probe on the next mount).
+_RECORD_INTERVAL = 2.0
 # Seconds between the "probing N of M files" log lines of a long probe run.
 _PROGRESS_INTERVAL = 5.0
 
@@ -163,7 +166,7 @@ class RemoteFile:
     def url(self) -> str:
         return self.entry.url
 
-    @property
+    @functools.cached_property
     def record_key(self) -> str:
         """Key of this entry's stored probe result: the headers can change what the server answers."""
         identity = json.dumps([self.entry.url, self.entry.headers])
@@ -218,8 +221,10 @@ class FileEngine:
         # however many files the mount lists.
         self._opened: dict[RemoteFile, None] = {}
         # Probe results not yet stored with the cache, while ``run_probes`` runs (``_probe_runs`` of them):
-        # stored in batches of _RECORD_BATCH, and the rest as the run ends (or the engine closes).
+        # stored every _RECORD_INTERVAL seconds (``_records_stored_at``: time.monotonic()), and the rest as the
+        # run ends (or the engine closes).
         self._unstored_records: dict[str, str] = {}
+        self._records_stored_at = 0.0
         self._probe_runs = 0
         self.probe_progress = ProbeProgress()
 
@@ -557,12 +562,13 @@ class FileEngine:
         with the next batch while ``run_probes`` runs."""
         if file.metadata is not None:
             self._unstored_records[file.record_key] = json.dumps(dataclasses.asdict(file.metadata))
-            if not self._probe_runs or len(self._unstored_records) >= _RECORD_BATCH:
+            if not self._probe_runs or time.monotonic() - self._records_stored_at >= _RECORD_INTERVAL:
                 self.store_records()
 
     def store_records(self) -> None:
         """Store the probe results not stored yet (a batch ends, the engine closes)."""
         records, self._unstored_records = self._unstored_records, {}
+        self._records_stored_at = time.monotonic()
         try:
             self.store.cache.put_records(records)
         except Exception:  # the cache contains its own failures; a record lost costs one probe, never more
