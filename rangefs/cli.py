@@ -23,13 +23,10 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-import trio
-
 from rangefs import __version__, mountopts
-from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings, options, parse_size, read_urls_file
 from rangefs.config.settings import default_log_file
-from rangefs.download import command as download_command
+from rangefs.download import arguments as get_arguments
 from rangefs.errors import ConfigError, MountError, UsageError
 from rangefs.mountpoint import check_fuse_available, check_mountpoint
 from rangefs.systemd import journal, notify
@@ -91,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         options.add_settings_arguments(action, only=["cache_dir"])
 
     get = commands.add_parser("get", help="download URLs with parallel connections, to files or stdout")
-    download_command.add_arguments(get)
+    get_arguments.add_arguments(get)
     _add_logging_options(get)
 
     umount = commands.add_parser("umount", help="unmount a rangefs mount")
@@ -123,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.log_level and not args.verbose:
                 args.log_level = "error"  # each failure is reported once, as one line, at the end
             _setup_logging(args, args.log_file)
+            from rangefs.download import command as download_command  # lazy: the engine, for this command only
+
             return download_command.run(args)
         return _umount(args)
     except (UsageError, BaseExceptionGroup) as raised:
@@ -206,6 +205,8 @@ def _mount(args: argparse.Namespace) -> int:
         # The daemon parses the urls file and reports its problems here: parsing it twice cost 1.9 s of a
         # 100,000-line list's mount.
         return _mount_in_background(args, settings)
+    import trio  # lazy, like the engine: the command that starts a background mount needs neither
+
     # Starting builds about ten objects per file that live as long as the mount (100,000 files: a million), and
     # the cyclic collector went over all of them again and again: a third of such a mount's start. It is off
     # until the mount is live, then they are frozen: never scanned again (the listing's probes gain too).
@@ -243,14 +244,18 @@ def _mount(args: argparse.Namespace) -> int:
 
 
 async def _serve_and_report(entries: list[Entry], args: argparse.Namespace, settings: MountSettings) -> None:
+    import trio
+
     from rangefs import mount
 
     mountpoint = args.mountpoint.absolute()
     async with trio.open_nursery() as nursery:
         urls_file = args.urls_file.absolute()
         progress = await nursery.start(partial(mount.serve, urls_file=urls_file), entries, mountpoint, settings)
-        gc.freeze()  # see _mount
+        # See _mount. One collection first, or the garbage of starting would be frozen with the rest.
         gc.enable()
+        gc.collect()
+        gc.freeze()
         # The probes go on after this: the parent says so if they are many (see _announce_probing).
         pending = progress.queued - progress.ended if progress.under_way else 0
         _report_to_parent(args.ready_fd, f"ready {pending} {progress.queued}")
@@ -388,6 +393,8 @@ def _reload(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     if args.cache_command == "warm":
         return _warm(args)
+    from rangefs.cache import BlockCache
+
     cache = BlockCache(options.settings_from_arguments(args).cache_dir)
     if not cache.root.is_dir():
         raise UsageError(f"no cache at {cache.root}")
@@ -424,6 +431,8 @@ def _warm(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UsageError("-j must be at least 1")
+    import trio
+
     from rangefs import monitor
 
     statistics = monitor.root_json(args.mountpoint)

@@ -80,6 +80,8 @@ BUSIEST_FILES = 20
 # still rewrote most of its pages each time (8 %). A crash loses at most this long's results (each costs one
 # probe on the next mount).
 _RECORD_INTERVAL = 2.0
+# Files whose stored probe results are looked up at once, between checkpoints (one query per 500 keys).
+_STORED_SLICE = 5000
 # Seconds between the "probing N of M files" log lines of a long probe run.
 _PROGRESS_INTERVAL = 5.0
 
@@ -155,6 +157,7 @@ class RemoteFile:
         self.kernel_version: str | None = None  # object id whose pages the kernel may hold for this file
         self.revalidation_failing = False  # a failed revalidation was logged; cleared by a probe that succeeds
         self.traffic = FileTraffic()  # what reading this file cost, across its versions, since the engine began
+        self.stored_looked_up = False  # its stored probe result (if any) was loaded (``_load_stored_probes``)
         self._probed = trio.Event()
         self._probing = False
 
@@ -236,7 +239,13 @@ class FileEngine:
         probing (concurrently)."""
         wanted = None if indices is None else set(indices)
         files = [file for index, file in self.files.items() if wanted is None or index in wanted]
-        self._load_stored_probes(files)
+        # In slices, letting the mount go live meanwhile (100,000 files: 0.3 s); ``metadata`` looks up a file
+        # asked for before its slice.
+        for start in range(0, len(files), _STORED_SLICE):
+            self._load_stored_probes(
+                [file for file in files[start : start + _STORED_SLICE] if not file.stored_looked_up]
+            )
+            await trio.lowlevel.checkpoint()
         # A few workers share one queue, not a task per file: 100,000 waiting tasks held ~300 MiB. A file
         # someone asks for before its turn is probed at once by ``metadata`` (and skipped here).
         queued = [file for file in files if not file._probed.is_set()]
@@ -250,7 +259,7 @@ class FileEngine:
         async def worker() -> None:
             for file in queue:
                 if not file._probing and not file._probed.is_set():
-                    await self._probe(file)
+                    await self._probe(file, bulk=True)
                 progress.ended += 1
                 progress.failed += file.failure is not None
 
@@ -318,6 +327,7 @@ class FileEngine:
         records = self.store.cache.get_records([file.record_key for file in files])
         now = time.time()
         for file in files:
+            file.stored_looked_up = True
             record = records.get(file.record_key)
             if record is None:
                 continue
@@ -351,11 +361,15 @@ class FileEngine:
         file = self._file(file_index)
         return file if file._probed.is_set() else None
 
-    async def metadata(self, file_index: int) -> RemoteFile:
-        """The file, once its first probe has ended (its ``metadata`` is None if that probe failed)."""
+    async def metadata(self, file_index: int, *, reading: bool = False) -> RemoteFile:
+        """The file, once its first probe has ended (its ``metadata`` is None if that probe failed). A probe
+        started here is a listing's (lighter, see ``RemoteClient.probe``) unless ``reading`` follows."""
         file = self._file(file_index)
+        if not file.stored_looked_up:
+            self._load_stored_probes([file])
         if not file._probed.is_set():
-            await self._probe(file)  # its turn in run_probes' queue may be far off (or joins the probe under way)
+            # Its turn in run_probes' queue may be far off (or this joins the probe under way).
+            await self._probe(file, bulk=not reading)
         return file
 
     async def recheck(self, file_index: int) -> RemoteFile:
@@ -372,7 +386,8 @@ class FileEngine:
             file._probed = trio.Event()
         await self._probe(file)
 
-    async def _probe(self, file: RemoteFile) -> None:
+    async def _probe(self, file: RemoteFile, *, bulk: bool = False) -> None:
+        """Probe the file (``bulk``: one of ``run_probes``'), or wait for the probe under way."""
         if file._probing:
             await file._probed.wait()
             return
@@ -380,7 +395,7 @@ class FileEngine:
         done = file._probed
         previous, previously_failed = file.metadata, file.failure is not None
         try:
-            await self._probe_once(file)
+            await self._probe_once(file, bulk)
             # The kernel may hold attributes or pages of what it saw before: another version, or what it was
             # shown while the file failed. (A first successful probe needs nothing: the kernel saw nothing yet.)
             current = file.metadata
@@ -405,11 +420,11 @@ class FileEngine:
             return
         log.info("%s changed on the server; dropped %d cached pieces of the old version", file.url, dropped)
 
-    async def _probe_once(self, file: RemoteFile) -> None:
+    async def _probe_once(self, file: RemoteFile, bulk: bool) -> None:
         """Probe, and record what was learnt (or what failed) in ``file``; never raises a RangefsError."""
         try:
             async with self._probe_limiter:
-                metadata = await self.client.probe(file.url, file.credentials)
+                metadata = await self.client.probe(file.url, file.credentials, bulk=bulk)
             expected = file.entry.expected_size
             if expected is not None and metadata.size != expected:
                 raise RemoteChanged(file.url, f"size is {metadata.size} bytes, the urls file says {expected}")
@@ -443,7 +458,7 @@ class FileEngine:
 
     async def open(self, file_index: int) -> int:
         """A handle for reading the file; revalidates first when what is known of it may be out of date."""
-        file = await self.metadata(file_index)
+        file = await self.metadata(file_index, reading=True)
         self._opened[file] = None
         if self._needs_probe(file):
             if file.metadata is not None and not file.stale:

@@ -1,4 +1,4 @@
-"""The probe's lighter HEAD path (rangefs/remote/headpath.py) against real loopback origins, case by case beside
+"""The lighter HEAD path of bulk probes (rangefs/remote/headpath.py) against real loopback origins, case by case beside
 httpx's path: the same metadata, the same error (kind, status, Retry-After, words where ours) and the same
 requests at the origin, for redirects, refusals, 5xx, validators, missing lengths, ranges refused, untrusted
 header bytes, connections dropped mid-answer or closed while idle, and TLS."""
@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import trio
@@ -41,16 +42,18 @@ class Outcome:
 
 def probe(url: str, *, lighter: bool, settings: MountSettings | None = None, compare_cause: bool = True) -> Outcome:
     async def main() -> Outcome:
-        client = RemoteClient(settings, retry=RetryPolicy(base_delay=0, max_delay=0), lighter_heads=lighter)
-        async with client:
-            assert (client._sender.heads is not None) == lighter
+        async with RemoteClient(settings, retry=RetryPolicy(base_delay=0, max_delay=0)) as client:
+            heads = client._sender.heads
+            assert heads is not None
             try:
-                metadata = await client.probe(url)
+                metadata = await client.probe(url, bulk=lighter)
             except RemoteError as error:
                 status = error.status if isinstance(error, RemoteStatusError) else None
                 retry_after = error.retry_after if isinstance(error, RemoteStatusError) else None
                 assert url in str(error), "the error names the URL"
+                assert (heads.connections_made > 0) == lighter
                 return Outcome(None, type(error).__name__, status, retry_after, error.cause if compare_cause else None)
+            assert (heads.connections_made > 0) == lighter
             return Outcome(metadata)
 
     return trio.run(main)
@@ -162,7 +165,7 @@ def test_credentials_stay_with_their_origin() -> None:
 
         async def main() -> None:
             async with RemoteClient(retry=RetryPolicy(base_delay=0, max_delay=0)) as client:
-                metadata = await client.probe(first.url("/f.bin"), (("Authorization", "Bearer secret"),))
+                metadata = await client.probe(first.url("/f.bin"), (("Authorization", "Bearer secret"),), bulk=True)
                 assert metadata.size == len(DATA)
 
         trio.run(main)
@@ -228,11 +231,11 @@ def test_a_connection_closed_while_idle_is_replaced_and_the_head_sent_again(orig
         async with RemoteClient(retry=RetryPolicy(base_delay=0, max_delay=0)) as client:
             heads = client._sender.heads
             assert heads is not None
-            await client.probe(url)
+            await client.probe(url, bulk=True)
             closing.append(True)
-            await client.probe(url)  # this answer's connection is closed by the server
+            await client.probe(url, bulk=True)  # this answer's connection is closed by the server
             await trio.sleep(0.1)
-            assert (await client.probe(url)).size == len(DATA)
+            assert (await client.probe(url, bulk=True)).size == len(DATA)
             assert heads.resent == 1 and heads.connections_made == 2
 
     trio.run(main)
@@ -246,7 +249,7 @@ def test_probes_reuse_a_few_connections(origin: Origin) -> None:
         async with RemoteClient(MountSettings(connections=4)) as client:
             async with trio.open_nursery() as nursery:
                 for url in urls:
-                    nursery.start_soon(client.probe, url)
+                    nursery.start_soon(partial(client.probe, url, bulk=True))
             assert client._sender.heads is not None
             assert client._sender.heads.connections_made <= 4
 

@@ -136,11 +136,9 @@ class RemoteClient:
         breaker: HostBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         auth: httpx.Auth | None = None,
-        lighter_heads: bool = True,
     ) -> None:
         """A client with the timeouts, connection limits and TLS of ``settings`` (a mount's defaults if None);
-        ``transport`` replaces the network (tests). ``lighter_heads=False`` sends HEADs through httpx too (the
-        tests compare the two paths)."""
+        ``transport`` replaces the network (tests)."""
         settings = settings or MountSettings()
         timeout = settings.read_timeout
         # The HostLimits below bound connections; httpx's pool only keeps them alive.
@@ -168,11 +166,12 @@ class RemoteClient:
         self.limits = HostLimits(settings.connections)
         self.breaker = breaker or HostBreaker()
         # Offline: every request fails at once, before any connection (see Sender).
-        # HEADs take the lighter path (headpath.py) where httpx's own pool would serve them the plainest way:
-        # our transport (no proxy), HTTP/1.1, an auth of one step. Elsewhere httpx's path serves them too.
+        # Bulk probes' HEADs take the lighter path (headpath.py) where httpx's own pool would serve them the
+        # plainest way: our transport (no proxy), HTTP/1.1, an auth of one step. Elsewhere httpx's path serves
+        # them too.
         heads = None
         one_step_auth = auth is None or isinstance(auth, NetrcAuth)
-        if lighter_heads and own_transport is not None and not settings.http2 and one_step_auth:
+        if own_transport is not None and not settings.http2 and one_step_auth:
             heads = HeadConnections(
                 ssl_context=verify, timeout=timeouts, max_idle=4 * settings.connections, keepalive_expiry=60.0
             )
@@ -201,14 +200,18 @@ class RemoteClient:
         self.stats.hosts_down, self.stats.requests_refused = breaker.hosts_down, breaker.refused
         return self.stats
 
-    async def probe(self, url: str, access: Access = ()) -> RemoteMetadata:
-        """Size and validator of ``url``: HEAD first, a one-byte ranged GET when HEAD says too little."""
+    async def probe(self, url: str, access: Access = (), *, bulk: bool = False) -> RemoteMetadata:
+        """Size and validator of ``url``: HEAD first, a one-byte ranged GET when HEAD says too little.
+
+        A ``bulk`` probe (one of a listing's many) sends its HEAD the lighter way (headpath.py), on connections
+        kept for HEADs; any other goes through httpx's pool, whose connection the read that usually follows
+        (an open, ``rangefs get``) then reuses instead of paying a handshake."""
         timeout = min(self.total_timeout, _PROBE_TIMEOUT)
         credentials = _credentials(url, access)
         # The deadline starts once a connection is ours: probes queued behind a slow host must not expire.
         async with self.limits.probe_limiter(self._origin(url)):
             return await self._with_retries(
-                url, lambda attempt, grant: self._probe_once(url, grant, attempt), timeout, credentials
+                url, lambda attempt, grant: self._probe_once(url, grant, attempt, bulk), timeout, credentials
             )
 
     async def fetch(
@@ -384,10 +387,10 @@ class RemoteClient:
                 return
         log.log(level, "%s (attempt %d); retrying in %.2f s", error, attempt, delay)
 
-    async def _probe_once(self, url: str, grant: Grant, attempt: Attempt) -> RemoteMetadata:
+    async def _probe_once(self, url: str, grant: Grant, attempt: Attempt, bulk: bool) -> RemoteMetadata:
         """One attempt; requests go where ``grant`` says, what they learn is of ``url``."""
         with self._translated(url):
-            async with self._sender.request("HEAD", grant.url, grant.headers, attempt) as response:
+            async with self._sender.request("HEAD", grant.url, grant.headers, attempt, lighter=bulk) as response:
                 length = _content_length(response)
                 if response.status_code == 200 and length is not None:
                     return _metadata_from(url, response, length)

@@ -78,7 +78,7 @@ class Sender:
         self._client = client
         self.breaker = breaker
         self.offline = offline
-        # Where HEADs go instead of ``client`` (the lighter path, see headpath.py), if anywhere.
+        # Where lighter HEADs go instead of ``client`` (see headpath.py), if anywhere.
         self.heads = heads
         # Configured URL -> where it last redirected to, while that keeps answering.
         self._redirected: dict[str, httpx.URL] = {}
@@ -88,9 +88,17 @@ class Sender:
 
     @asynccontextmanager
     async def request(
-        self, method: str, url: str, configured: Headers, attempt: Attempt, extra: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        configured: Headers,
+        attempt: Attempt,
+        extra: dict[str, str] | None = None,
+        *,
+        lighter: bool = False,
     ) -> AsyncIterator[httpx.Response]:
-        """Send a request, following redirects; configured headers go to the configured origin only."""
+        """Send a request, following redirects; configured headers go to the configured origin only. A
+        ``lighter`` HEAD goes through ``heads`` where there are some."""
         origin = httpx.URL(url)
         remembered = self._redirected.get(url)
         target = remembered or origin
@@ -99,7 +107,8 @@ class Sender:
             if _same_origin(target, origin):
                 for name, value in configured:
                     headers[name] = value
-            response = await self._send(url, self._client.build_request(method, target, headers=headers), attempt)
+            request = self._client.build_request(method, target, headers=headers)
+            response = await self._send(url, request, attempt, lighter=lighter)
             location = response.headers.get("location")
             if remembered is not None and response.status_code in _EXPIRED_TARGET:
                 await finish(response)
@@ -122,7 +131,7 @@ class Sender:
                 raise InvalidResponse(url, "redirected with 303 See Other, which does not point to the file itself")
         raise InvalidResponse(url, f"more than {MAX_REDIRECTS} redirects")
 
-    async def _send(self, url: str, request: httpx.Request, attempt: Attempt) -> httpx.Response:
+    async def _send(self, url: str, request: httpx.Request, attempt: Attempt, *, lighter: bool) -> httpx.Response:
         """Send one request (no redirects) through the breaker of the host it goes to."""
         if self.offline:
             attempt.host_down = True  # nothing to retry: no attempt will ever be sent
@@ -141,7 +150,7 @@ class Sender:
 
         request.extensions["trace"] = trace
         try:
-            if self.heads is not None and request.method == "HEAD":
+            if lighter and self.heads is not None and request.method == "HEAD":
                 response = await self._send_head(self.heads, request, attempt)
             else:
                 response = await self._client.send(request, stream=True)
