@@ -6,6 +6,8 @@ probe (a HEAD) and nothing else; each list gets a fresh cache dir, so nothing is
 
     .venv/bin/python benchmarks/many_urls.py                  # 10,000 and 100,000 URLs
     .venv/bin/python benchmarks/many_urls.py --counts 10000 --repeat 3
+    git archive main | tar -x -C /tmp/main-src
+    .venv/bin/python benchmarks/many_urls.py --source /tmp/main-src   # another checkout's rangefs, same run
 
 Per list: `rangefs mount` return (background start, the command's wall time), the first `ls -l` (wall and
 the daemon's CPU during it), the daemon's RSS once mounted and after the listing. nginx, the mount and the
@@ -62,7 +64,7 @@ def _rss_mib(pid: int) -> float | None:
     return None
 
 
-def measure(base: str, count: int, work: Path, extra: list[str]) -> Measured:
+def measure(base: str, count: int, work: Path, extra: list[str], source: Path | None) -> Measured:
     run_dir = Path(tempfile.mkdtemp(prefix=f"many{count}-", dir=work))
     urls = run_dir / "urls.txt"
     urls.write_text("".join(f"{base}/f/file-{number:06}.bin\n" for number in range(count)))
@@ -74,7 +76,8 @@ def measure(base: str, count: int, work: Path, extra: list[str]) -> Measured:
     )  # fmt: skip
     pid: int | None = None
     try:
-        mounted = procs.run(command, timeout=_MOUNT_TIMEOUT)
+        # `python -m rangefs` finds the package in its working directory first.
+        mounted = procs.run(command, timeout=_MOUNT_TIMEOUT, cwd=str(source) if source else None)
         if not mounted.ok:
             raise RuntimeError(f"rangefs mount: {mounted.problem()}")
         pid = procs.read_pid_file(pid_file, timeout=10)
@@ -105,6 +108,7 @@ def main() -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--repeat", type=int, default=1, help="runs per count (the median is shown)")
     parser.add_argument("--work-dir", type=Path, help="where lists, cache dirs and nginx's files go")
+    parser.add_argument("--source", type=Path, help="mount with the rangefs of this source tree (default: this one)")
     parser.add_argument("extra", nargs="*", help="more `rangefs mount` arguments (after --)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="many-urls-", dir=args.work_dir))
@@ -112,12 +116,13 @@ def main() -> int:
     root.mkdir()
     (root / "one.bin").write_bytes(bytes(range(256)) * 3 + bytes(_FILE_SIZE - 768))
     port = procs.free_port()
-    print(f"work dir {work}; rangefs mount ... {' '.join(args.extra)}")
+    print(f"work dir {work}; rangefs from {args.source or 'this checkout'}; rangefs mount ... {' '.join(args.extra)}")
     print("| URLs | `rangefs mount` returns | first `ls -l` | daemon CPU in `ls -l` | RSS mounted | RSS listed |")
     print("|---|---|---|---|---|---|")
     with running_config(_SITE.format(port=port, root=root), work / "nginx", port):
         for count in args.counts:
-            runs = [measure(f"http://127.0.0.1:{port}", count, work, args.extra) for _ in range(args.repeat)]
+            base = f"http://127.0.0.1:{port}"
+            runs = [measure(base, count, work, args.extra, args.source) for _ in range(args.repeat)]
             for run in runs:
                 if run.listed != count:
                     print(f"warning: ls -l listed {run.listed} of {count} files", file=sys.stderr)
