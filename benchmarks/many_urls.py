@@ -17,6 +17,7 @@ daemon are ended by their PIDs (and unmounted) however the run ends.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -76,8 +77,9 @@ def measure(base: str, count: int, work: Path, extra: list[str], source: Path | 
     )  # fmt: skip
     pid: int | None = None
     try:
-        # `python -m rangefs` finds the package in its working directory first.
-        mounted = procs.run(command, timeout=_MOUNT_TIMEOUT, cwd=str(source) if source else None)
+        # The command and the daemon it starts (in /) both find the package on PYTHONPATH first.
+        env = {**os.environ, "PYTHONPATH": str(source)} if source else None
+        mounted = procs.run(command, timeout=_MOUNT_TIMEOUT, env=env)
         if not mounted.ok:
             raise RuntimeError(f"rangefs mount: {mounted.problem()}")
         pid = procs.read_pid_file(pid_file, timeout=10)
@@ -98,6 +100,8 @@ def measure(base: str, count: int, work: Path, extra: list[str], source: Path | 
         problem = procs.unmount(mountpoint)
         if problem:
             print(f"warning: {mountpoint}: {problem}", file=sys.stderr)
+        if pid is None:  # the mount failed: a daemon may still have started
+            pid = procs.read_pid_file(pid_file, timeout=0.5)
         # The daemon exits once unmounted; one that does not is ended by its PID.
         if pid is not None and not wait_for_exit(pid):
             kill_hard(pid)
