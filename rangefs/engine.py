@@ -79,8 +79,6 @@ BUSIEST_FILES = 20
 # still rewrote most of its pages each time (8 %). A crash loses at most this long's results (each costs one
 # probe on the next mount).
 _RECORD_INTERVAL = 2.0
-# Files whose stored probe results are looked up at once, between checkpoints (one query per 500 keys).
-_STORED_SLICE = 5000
 # Seconds between the "probing N of M files" log lines of a long probe run.
 _PROGRESS_INTERVAL = 5.0
 
@@ -238,13 +236,7 @@ class FileEngine:
         probing (concurrently)."""
         wanted = None if indices is None else set(indices)
         files = [file for index, file in self.files.items() if wanted is None or index in wanted]
-        # In slices, letting the mount go live meanwhile (100,000 files: 0.3 s); ``metadata`` looks up a file
-        # asked for before its slice.
-        for start in range(0, len(files), _STORED_SLICE):
-            self._load_stored_probes(
-                [file for file in files[start : start + _STORED_SLICE] if not file.stored_looked_up]
-            )
-            await trio.lowlevel.checkpoint()
+        self._load_stored_probes([file for file in files if not file.stored_looked_up])
         # A few workers share one queue, not a task per file: 100,000 waiting tasks held ~300 MiB. A file
         # someone asks for before its turn is probed at once by ``metadata`` (and skipped here).
         queued = [file for file in files if not file._probed.is_set()]
@@ -583,6 +575,8 @@ class FileEngine:
 
     def store_records(self) -> None:
         """Store the probe results not stored yet (a batch ends, the engine closes)."""
+        if not self._unstored_records:
+            return
         records, self._unstored_records = self._unstored_records, {}
         self._records_stored_at = time.monotonic()
         try:
