@@ -9,6 +9,7 @@ returns only once the child reports the mount live (exit 0) or reports why it co
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import logging
@@ -22,14 +23,12 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-import trio
-
 from rangefs import __version__, mountopts
-from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings, options, parse_size, read_urls_file
 from rangefs.config.settings import default_log_file
-from rangefs.download import command as download_command
+from rangefs.download import arguments as get_arguments
 from rangefs.errors import ConfigError, MountError, UsageError
+from rangefs.mountpoint import check_fuse_available, check_mountpoint
 from rangefs.systemd import journal, notify
 
 log = logging.getLogger("rangefs")
@@ -38,6 +37,9 @@ log = logging.getLogger("rangefs")
 _REPORTED_PROBLEMS = 1000
 # How long a background mount may take to become live before the parent gives up on it (seconds).
 _READY_TIMEOUT = 60.0
+# Files still to probe when the mount is live from which `rangefs mount` says so: about a second of probing
+# even on loopback (~0.3 ms of the daemon's CPU each: README, "Long URL lists"), longer over a real network.
+_ANNOUNCED_PROBES = 1000
 # How long `rangefs reload` waits for the daemon to finish rereading its urls file (seconds): reading and
 # checking 10,000 entries takes well under one.
 _RELOAD_TIMEOUT = 30.0
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         options.add_settings_arguments(action, only=["cache_dir"])
 
     get = commands.add_parser("get", help="download URLs with parallel connections, to files or stdout")
-    download_command.add_arguments(get)
+    get_arguments.add_arguments(get)
     _add_logging_options(get)
 
     umount = commands.add_parser("umount", help="unmount a rangefs mount")
@@ -118,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.log_level and not args.verbose:
                 args.log_level = "error"  # each failure is reported once, as one line, at the end
             _setup_logging(args, args.log_file)
+            from rangefs.download import command as download_command  # lazy: the engine, for this command only
+
             return download_command.run(args)
         return _umount(args)
     except (UsageError, BaseExceptionGroup) as raised:
@@ -193,17 +197,20 @@ def _settings(args: argparse.Namespace) -> MountSettings:
 
 def _mount(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    # Lazy import: the pyfuse3 extension is only needed once we really mount.
-    from rangefs import mount
-
     # Before the checks: clearing a dead mount is worth a line (on stderr for a background mount's caller).
     _setup_logging(args, args.log_file if args.foreground else None)
-    mount.check_fuse_available()
-    mount.check_mountpoint(args.mountpoint)
+    check_fuse_available()
+    check_mountpoint(args.mountpoint)
     if not args.foreground:
         # The daemon parses the urls file and reports its problems here: parsing it twice cost 1.9 s of a
         # 100,000-line list's mount.
         return _mount_in_background(args, settings)
+    import trio  # lazy, like the engine: the command that starts a background mount needs neither
+
+    # Starting builds about ten objects per file that live as long as the mount (100,000 files: a million), and
+    # the cyclic collector went over all of them again and again: a third of such a mount's start. It is off
+    # until the mount is live, then they are frozen: never scanned again (the listing's probes gain too).
+    gc.disable()
     try:
         entries = read_urls_file(args.urls_file, os.environ)
     except ConfigError as bad_file:
@@ -228,6 +235,7 @@ def _mount(args: argparse.Namespace) -> int:
         notify.notify(os.environ, f"STATUS={reason}")
         raise
     finally:
+        gc.enable()
         if args.pid_file:
             args.pid_file.unlink(missing_ok=True)
         for signum, handler in previous.items():
@@ -236,13 +244,23 @@ def _mount(args: argparse.Namespace) -> int:
 
 
 async def _serve_and_report(entries: list[Entry], args: argparse.Namespace, settings: MountSettings) -> None:
+    import trio
+
     from rangefs import mount
 
     mountpoint = args.mountpoint.absolute()
     async with trio.open_nursery() as nursery:
         urls_file = args.urls_file.absolute()
-        await nursery.start(partial(mount.serve, urls_file=urls_file), entries, mountpoint, settings)
-        _report_to_parent(args.ready_fd, "ready")
+        progress = await nursery.start(partial(mount.serve, urls_file=urls_file), entries, mountpoint, settings)
+        # See _mount. One collection first, or the garbage of starting would be frozen with the rest. Frozen,
+        # the mount's state is also out of the way of full collections, which held the event loop 30-40 ms
+        # at a time (seen at 40 ms RTT as a round trip lost after a zip's directory arrived).
+        gc.enable()
+        gc.collect()
+        gc.freeze()
+        # The probes go on after this: the parent says so if they are many (see _announce_probing).
+        pending = progress.queued - progress.ended if progress.under_way else 0
+        _report_to_parent(args.ready_fd, f"ready {pending} {progress.queued}")
         notify.ready(os.environ, f"serving {len(entries)} files on {mountpoint}")
     notify.stopping(os.environ, f"unmounted {mountpoint}")
 
@@ -289,13 +307,29 @@ def _mount_in_background(args: argparse.Namespace, settings: MountSettings) -> i
         message = _read_report(read_fd, child)
     finally:
         os.close(read_fd)
-    if message == "ready":
+    if message.startswith("ready"):
+        _announce_probing(message, args.mountpoint)
         return 0
     if message.startswith("config: "):
         raise ConfigError(json.loads(message.removeprefix("config: ")))
     if message.startswith("error: "):
         raise MountError(message.removeprefix("error: "))
     raise MountError(f"the mount process did not start ({message}); see {log_file}")
+
+
+def _announce_probing(ready: str, mountpoint: Path) -> None:
+    """One line on stderr when the mount is live but many of its files are still being probed (in the
+    daemon, which goes on with them): what a first ``ls -l`` will wait for, and where to watch it."""
+    try:
+        pending, queued = (int(field) for field in ready.split()[1:3])
+    except ValueError:
+        return
+    if pending >= _ANNOUNCED_PROBES:
+        print(
+            f"rangefs: probing {queued - pending:,} of {queued:,} files... (in the background: a first `ls -l`"
+            f" waits for them, `rangefs stats {mountpoint}` shows how far it got)",
+            file=sys.stderr,
+        )
 
 
 def _read_report(read_fd: int, child: subprocess.Popen[bytes]) -> str:
@@ -361,6 +395,8 @@ def _reload(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     if args.cache_command == "warm":
         return _warm(args)
+    from rangefs.cache import BlockCache
+
     cache = BlockCache(options.settings_from_arguments(args).cache_dir)
     if not cache.root.is_dir():
         raise UsageError(f"no cache at {cache.root}")
@@ -397,6 +433,8 @@ def _warm(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UsageError("-j must be at least 1")
+    import trio
+
     from rangefs import monitor
 
     statistics = monitor.root_json(args.mountpoint)

@@ -74,6 +74,32 @@ _NOTHING_STORED = "--offline, and nothing is stored about it: mount once without
 # limits to 64 KiB (a file's entry is its path and ~230 bytes of counters), and a table of more does not fit
 # a terminal anyway.
 BUSIEST_FILES = 20
+# Seconds between two stores of probe results while probes run, each one transaction: a commit per result
+# cost ~0.1 ms, 10 % of a 10,000-URL listing's CPU, and batches of 500 random keys into an index of 100,000
+# still rewrote most of its pages each time (8 %). A crash loses at most this long's results (each costs one
+# probe on the next mount).
+_RECORD_INTERVAL = 2.0
+# Files from which listing probes take the lighter HEAD path (see FileEngine._many_files): 100 probes through
+# httpx cost ~0.08 s of CPU.
+_LIGHTER_PROBES_FROM = 100
+# Seconds between the "probing N of M files" log lines of a long probe run.
+_PROGRESS_INTERVAL = 5.0
+
+
+@dataclass
+class ProbeProgress:
+    """How far the probes of ``run_probes`` got: files queued (those without a fresh stored result) and ended
+    (failed ones included), and how long the runs took. ``under_way`` while a run lasts."""
+
+    queued: int = 0
+    ended: int = 0
+    failed: int = 0
+    under_way: bool = False
+    started_at: float = 0.0  # trio.current_time() the current (or last) run began
+    seconds: float = 0.0  # how long the last finished run took
+
+    def describe(self) -> str:
+        return f"probing {self.ended:,} of {self.queued:,} files..."
 
 
 class RemoteVersion:
@@ -131,6 +157,7 @@ class RemoteFile:
         self.kernel_version: str | None = None  # object id whose pages the kernel may hold for this file
         self.revalidation_failing = False  # a failed revalidation was logged; cleared by a probe that succeeds
         self.traffic = FileTraffic()  # what reading this file cost, across its versions, since the engine began
+        self.stored_looked_up = False  # its stored probe result (if any) was loaded (``_load_stored_probes``)
         self._probed = trio.Event()
         self._probing = False
 
@@ -197,28 +224,67 @@ class FileEngine:
         # Files opened at least once (an ordered set): only these can have traffic, so ranking them is cheap
         # however many files the mount lists.
         self._opened: dict[RemoteFile, None] = {}
+        # Probe results not yet stored with the cache, while ``run_probes`` runs (``_probe_runs`` of them):
+        # stored every _RECORD_INTERVAL seconds (``_records_stored_at``: time.monotonic()), and the rest as the
+        # run ends (or the engine closes).
+        self._unstored_records: dict[str, str] = {}
+        self._records_stored_at = 0.0
+        self._probe_runs = 0
+        self.probe_progress = ProbeProgress()
 
     def __repr__(self) -> str:
         return f"<FileEngine {len(self.files)} files, {len(self._handles)} open>"
+
+    @property
+    def _many_files(self) -> bool:
+        """Whether listing probes take the lighter HEAD path (``RemoteClient.probe``'s ``bulk``): for a few files
+        their CPU does not matter, and the connection a probe leaves in httpx's pool spares the first read
+        after the mount a handshake (a round trip: +40 ms for a cold `unzip -l` at 40 ms RTT)."""
+        return len(self.files) >= _LIGHTER_PROBES_FROM
 
     async def run_probes(self, indices: Sequence[int] | None = None) -> None:
         """Give every file (or those of ``indices``) its metadata: from a fresh stored probe result, else by
         probing (concurrently)."""
         wanted = None if indices is None else set(indices)
         files = [file for index, file in self.files.items() if wanted is None or index in wanted]
-        self._load_stored_probes(files)
+        self._load_stored_probes([file for file in files if not file.stored_looked_up])
         # A few workers share one queue, not a task per file: 100,000 waiting tasks held ~300 MiB. A file
         # someone asks for before its turn is probed at once by ``metadata`` (and skipped here).
-        queue = iter([file for file in files if not file._probed.is_set()])
+        queued = [file for file in files if not file._probed.is_set()]
+        queue = iter(queued)
+        progress = self.probe_progress
+        if not progress.under_way:
+            progress.queued = progress.ended = progress.failed = 0
+            progress.started_at = trio.current_time()
+        progress.queued += len(queued)
+
+        logged_at = [trio.current_time()]
 
         async def worker() -> None:
             for file in queue:
                 if not file._probing and not file._probed.is_set():
-                    await self._probe(file)
+                    await self._probe(file, bulk=self._many_files)
+                progress.ended += 1
+                progress.failed += file.failure is not None
+                # Logged from here, not by a task that sleeps: that would wake a test's autojump clock.
+                if trio.current_time() - logged_at[0] >= _PROGRESS_INTERVAL:
+                    logged_at[0] = trio.current_time()
+                    log.info("%s", progress.describe())
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(self._probe_concurrency):
-                nursery.start_soon(worker)
+        self._probe_runs += 1
+        progress.under_way = True
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self._probe_concurrency):
+                    nursery.start_soon(worker)
+        finally:
+            self._probe_runs -= 1
+            self.store_records()
+            if not self._probe_runs:
+                progress.under_way = False
+                progress.seconds = trio.current_time() - progress.started_at
+                if progress.seconds >= 1.0:
+                    log.info("probed %d files in %.1f s (%d failed)", progress.ended, progress.seconds, progress.failed)
 
     async def add(self, entry: Entry) -> int:
         """Serve one more file (a URL given at run time, not in the urls file) and give it its metadata as
@@ -256,10 +322,13 @@ class FileEngine:
         return file
 
     def _load_stored_probes(self, files: Sequence[RemoteFile]) -> None:
-        records = self.store.cache.get_records([file.record_key for file in files])
+        # Each key computed once (a JSON and a SHA-256 each) and not kept: 100,000 of them are 12 MiB.
+        keys = [file.record_key for file in files]
+        records = self.store.cache.get_records(keys)
         now = time.time()
-        for file in files:
-            record = records.get(file.record_key)
+        for file, key in zip(files, keys, strict=True):
+            file.stored_looked_up = True
+            record = records.get(key)
             if record is None:
                 continue
             value, stored_at = record
@@ -292,11 +361,15 @@ class FileEngine:
         file = self._file(file_index)
         return file if file._probed.is_set() else None
 
-    async def metadata(self, file_index: int) -> RemoteFile:
-        """The file, once its first probe has ended (its ``metadata`` is None if that probe failed)."""
+    async def metadata(self, file_index: int, *, reading: bool = False) -> RemoteFile:
+        """The file, once its first probe has ended (its ``metadata`` is None if that probe failed). A probe
+        started here is a listing's (lighter, see ``RemoteClient.probe``) unless ``reading`` follows."""
         file = self._file(file_index)
+        if not file.stored_looked_up:
+            self._load_stored_probes([file])
         if not file._probed.is_set():
-            await self._probe(file)  # its turn in run_probes' queue may be far off (or joins the probe under way)
+            # Its turn in run_probes' queue may be far off (or this joins the probe under way).
+            await self._probe(file, bulk=self._many_files and not reading)
         return file
 
     async def recheck(self, file_index: int) -> RemoteFile:
@@ -313,7 +386,8 @@ class FileEngine:
             file._probed = trio.Event()
         await self._probe(file)
 
-    async def _probe(self, file: RemoteFile) -> None:
+    async def _probe(self, file: RemoteFile, *, bulk: bool = False) -> None:
+        """Probe the file (``bulk``: one of ``run_probes``'), or wait for the probe under way."""
         if file._probing:
             await file._probed.wait()
             return
@@ -321,7 +395,7 @@ class FileEngine:
         done = file._probed
         previous, previously_failed = file.metadata, file.failure is not None
         try:
-            await self._probe_once(file)
+            await self._probe_once(file, bulk)
             # The kernel may hold attributes or pages of what it saw before: another version, or what it was
             # shown while the file failed. (A first successful probe needs nothing: the kernel saw nothing yet.)
             current = file.metadata
@@ -346,11 +420,11 @@ class FileEngine:
             return
         log.info("%s changed on the server; dropped %d cached pieces of the old version", file.url, dropped)
 
-    async def _probe_once(self, file: RemoteFile) -> None:
+    async def _probe_once(self, file: RemoteFile, bulk: bool) -> None:
         """Probe, and record what was learnt (or what failed) in ``file``; never raises a RangefsError."""
         try:
             async with self._probe_limiter:
-                metadata = await self.client.probe(file.url, file.credentials)
+                metadata = await self.client.probe(file.url, file.credentials, bulk=bulk)
             expected = file.entry.expected_size
             if expected is not None and metadata.size != expected:
                 raise RemoteChanged(file.url, f"size is {metadata.size} bytes, the urls file says {expected}")
@@ -384,7 +458,7 @@ class FileEngine:
 
     async def open(self, file_index: int) -> int:
         """A handle for reading the file; revalidates first when what is known of it may be out of date."""
-        file = await self.metadata(file_index)
+        file = await self.metadata(file_index, reading=True)
         self._opened[file] = None
         if self._needs_probe(file):
             if file.metadata is not None and not file.stale:
@@ -509,12 +583,23 @@ class FileEngine:
             self.prefetcher.plan_index(version, planner)
 
     def _store_probe(self, file: RemoteFile) -> None:
-        """Keep what is known of the file with the cache, for remounts within the metadata TTL."""
+        """Keep what is known of the file with the cache, for remounts within the metadata TTL: at once, or
+        with the next batch while ``run_probes`` runs."""
         if file.metadata is not None:
-            try:
-                self.store.cache.put_record(file.record_key, json.dumps(dataclasses.asdict(file.metadata)))
-            except Exception:  # the cache contains its own failures; a record lost costs one probe, never more
-                log.warning("cannot store what is known of %s", file.url, exc_info=True)
+            self._unstored_records[file.record_key] = json.dumps(dataclasses.asdict(file.metadata))
+            if not self._probe_runs or time.monotonic() - self._records_stored_at >= _RECORD_INTERVAL:
+                self.store_records()
+
+    def store_records(self) -> None:
+        """Store the probe results not stored yet (a batch ends, the engine closes)."""
+        if not self._unstored_records:
+            return
+        records, self._unstored_records = self._unstored_records, {}
+        self._records_stored_at = time.monotonic()
+        try:
+            self.store.cache.put_records(records)
+        except Exception:  # the cache contains its own failures; a record lost costs one probe, never more
+            log.warning("cannot store what is known of %d files", len(records), exc_info=True)
 
     def ranges_unsupported(self, file: RemoteFile) -> None:
         """The server ignores Range for this file: remember it (across mounts) and say so once."""
@@ -558,6 +643,7 @@ class FileEngine:
         parts: dict[str, object] = {
             "files": len(self.files),
             "files_failed": sum(file.failure is not None for file in self.files.values()),
+            "probes": dataclasses.asdict(self.probe_progress),
             "open_handles": self.open_handles,
             "traffic": dataclasses.asdict(self.traffic),
             "busiest_files": [

@@ -289,6 +289,9 @@ class RangefsOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(_XATTR_PREFIX):
+            # `ls -l` asks every file for its ACL and security label: no probe wait, no cache lookup for those.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         values = await self._xattrs(self._node(inode))
         if name not in values:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

@@ -1,4 +1,4 @@
-"""Mount lifecycle: checks before mounting, clearing a dead mount, the service nursery, pyfuse3, signals.
+"""Mount lifecycle: the service nursery, pyfuse3, signals (the checks before mounting: ``mountpoint.py``).
 
 The mount is live (``task_status.started()``) only once the kernel has accepted it; it is always unmounted
 on the way out, whether main() ended by ``fusermount3 -u``, SIGINT/SIGTERM or an error. SIGHUP rereads the
@@ -7,22 +7,19 @@ urls file (``reload.py``).
 
 from __future__ import annotations
 
-import errno
-import gc
 import logging
 import os
-import shutil
 import signal
-import subprocess
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pyfuse3
 import trio
 
-from rangefs import kernel, mountinfo, stack
+from rangefs import kernel, stack
 from rangefs.cache import BlockCache
 from rangefs.config import Entry, MountSettings
+from rangefs.engine import ProbeProgress
 from rangefs.errors import MountError
 from rangefs.fuse_ops import RangefsOperations
 from rangefs.namespace import Namespace
@@ -37,10 +34,6 @@ _SERVING_TIMEOUT = 30.0
 # asked for its user.rangefs.error. Every file is 0444 and every directory 0555 for everyone, so the kernel's
 # mode check would refuse nothing but exec, which RangefsOperations.access and the kernel itself refuse.
 _BASE_OPTIONS = frozenset({"subtype=rangefs", "ro"})
-# How a rangefs mount shows in /proc/self/mountinfo (FUSE prefixes the subtype above).
-_FSTYPE = "fuse.rangefs"
-# What FUSE answers once its daemon is gone: ENOTCONN, or ECONNABORTED for a request it was sent as it died.
-_DEAD_CONNECTION = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
 
 
 class _VanishedRequestFilter(logging.Filter):
@@ -54,80 +47,18 @@ class _VanishedRequestFilter(logging.Filter):
         return True
 
 
-def check_fuse_available() -> None:
-    if not os.path.exists("/dev/fuse"):
-        raise MountError("FUSE is not available: /dev/fuse is missing (load the fuse module or install fuse3)")
-    if shutil.which("fusermount3") is None:
-        raise MountError("FUSE is not available: fusermount3 not found (install the fuse3 package)")
-
-
-def check_mountpoint(mountpoint: Path) -> None:
-    """Refuse a mountpoint that is missing, not a directory, in use or not empty, with what to do.
-
-    A dead rangefs mount there (its daemon was killed) is unmounted first, so a restart recovers by itself.
-    """
-    clear_dead_mount(mountpoint)
-    try:
-        if not mountpoint.exists():
-            raise MountError(f"mountpoint {mountpoint} does not exist; create it with: mkdir -p {mountpoint}")
-        if not mountpoint.is_dir():
-            raise MountError(f"mountpoint {mountpoint} is not a directory")
-        if os.path.ismount(mountpoint):
-            raise MountError(f"{mountpoint} is already a mountpoint; unmount it first (rangefs umount {mountpoint})")
-        if any(mountpoint.iterdir()):
-            raise MountError(f"mountpoint {mountpoint} is not empty; mount on an empty directory")
-    except OSError as error:
-        if error.errno == errno.ENOTCONN:
-            raise MountError(f"{mountpoint} is inside a FUSE mount whose daemon died; unmount that first") from None
-        raise MountError(f"cannot use mountpoint {mountpoint}: {error.strerror}") from None
-
-
-def clear_dead_mount(mountpoint: Path) -> bool:
-    """Unmount a rangefs mount at ``mountpoint`` whose daemon died; True if there was one.
-
-    The kernel answers every request to a mount whose daemon is gone with ENOTCONN, but what it has
-    cached: stat() of the mountpoint may still succeed (attributes are cached for minutes), statvfs() is never
-    cached, so it is the probe. The type comes from /proc/self/mountinfo, and only rangefs's own dead mounts
-    are touched. A plain unmount fails while processes still hold files of the dead mount open (EBUSY); then
-    it is detached lazily, which frees the mountpoint at once (the old files keep failing).
-    """
-    target = Path(os.path.realpath(mountpoint))
-    entry = mountinfo.find_mount(target)
-    if entry is None:
-        return False
-    try:
-        os.statvfs(target)
-        return False  # alive: check_mountpoint refuses it as in use
-    except OSError as error:
-        if error.errno not in _DEAD_CONNECTION:
-            return False
-    if entry.fstype != _FSTYPE:
-        raise MountError(
-            f"{mountpoint} is a dead {entry.fstype} mount (its daemon died), not rangefs's, so rangefs leaves it"
-            f" alone; unmount it with: fusermount3 -u {mountpoint}"
-        )
-    for lazy in (False, True):
-        command = ["fusermount3", "-u", *(["-z"] if lazy else []), str(target)]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode == 0:
-            how = " lazily, as files of it are still open" if lazy else ""
-            log.warning("%s was a dead rangefs mount (its daemon died): unmounted it%s", mountpoint, how)
-            return True
-    reason = result.stderr.strip().removeprefix("fusermount3: ") or f"exit code {result.returncode}"
-    raise MountError(f"{mountpoint} is a dead rangefs mount and cannot be unmounted: {reason}")
-
-
 async def serve(
     entries: Sequence[Entry],
     mountpoint: Path,
     settings: MountSettings,
     *,
     urls_file: Path | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[ProbeProgress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount, serve until unmounted or signalled, unmount. With ``urls_file`` (where ``entries`` came
     from), SIGHUP reloads it, and the mount table shows it as the mounted thing (as a disk shows its device):
-    mount(8) compares that with fstab's source to know a line is mounted already."""
+    mount(8) compares that with fstab's source to know a line is mounted already. Started: how far the
+    probes, running since just before the mount, have got (they go on)."""
     vanished = _VanishedRequestFilter()
     logging.getLogger("pyfuse3").addFilter(vanished)
     # Signals are ours from here to the very end: one arriving during the clean-up after an unmount must not
@@ -162,7 +93,7 @@ async def _serve_with_cache(
     cache: BlockCache,
     signals: AsyncIterator[int],
     urls_file: Path | None,
-    task_status: trio.TaskStatus[None],
+    task_status: trio.TaskStatus[ProbeProgress],
 ) -> None:
     async with stack.running_engine(entries, settings, cache) as engine, trio.open_nursery() as nursery:
         operations = RangefsOperations(
@@ -188,12 +119,8 @@ async def _serve_with_cache(
                 await _wait_until_serving(mountpoint)
                 # Only now: the kernel's INIT exchange clamps read_ahead_kb to what libfuse negotiated.
                 applied = kernel.tune(mountpoint, readahead_bytes=settings.kernel_readahead, max_background=64)
-                # What the mount built so far (tree, entries, clients) lives as long as the mount: out of the
-                # cyclic collector's sight, whose full passes over it held the event loop 30-40 ms at a time
-                # (seen at 40 ms RTT as a round trip lost after a zip's directory arrived).
-                gc.freeze()
                 log.info("mounted %d files on %s (kernel: %s)", len(entries), mountpoint, applied or "defaults")
-                task_status.started()
+                task_status.started(engine.probe_progress)
         finally:
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()  # and leaving running_engine cancels every fetch

@@ -71,6 +71,7 @@ async def running_engine(
             # What was fetched but is still on its way to the disk is what the next mount, session or
             # `rangefs get` on this cache would fetch again: readahead stops, the rest gets a moment.
             prefetcher.cancel_all()
+            engine.store_records()
             with trio.move_on_after(_SETTLE_TIMEOUT):
                 await store.wait_idle()
             nursery.cancel_scope.cancel()

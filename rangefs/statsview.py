@@ -84,6 +84,9 @@ def summary(stats: Mapping[str, Any]) -> str:
     ]
     if prefetch:
         parts.append(f"readahead {human_size(prefetch.get('budget_in_use', 0))} in flight")
+    probes = stats.get("probes", {})
+    if probes.get("under_way"):
+        parts.append(f"probing {probes.get('ended', 0):,} of {probes.get('queued', 0):,} files")
     return " | ".join(parts)
 
 

@@ -174,6 +174,7 @@ def test_background_mount_returns_once_live_and_umount_ends_it(origin: Origin, t
     pid = int(pid_file.read_text()) if pid_file.exists() else None
     try:
         assert result.returncode == 0, result.stderr
+        assert "probing" not in result.stderr, "one file: nothing to announce"
         assert is_mounted(mountpoint), "mount must be live when the command returns"
         assert (mountpoint / "bg.bin").read_bytes() == pattern_bytes(5000)
         assert _run("umount", str(mountpoint)).returncode == 0

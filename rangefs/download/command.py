@@ -1,4 +1,5 @@
-"""The arguments of ``rangefs get`` and what they become: jobs (URL, output), settings, the progress reporter.
+"""What the arguments of ``rangefs get`` (``arguments.py``) become: jobs (URL, output), settings, the progress
+reporter.
 
     rangefs get URL... [-o DIR | -o FILE | -o - | -]
 
@@ -17,41 +18,11 @@ from pathlib import Path
 import trio
 
 from rangefs.config import name_from_url, options
-from rangefs.download import GetJob, get_all, settings_for_get
+from rangefs.download.jobs import GetJob, get_all, settings_for_get
 from rangefs.download.output import Digest, FileSink, StreamSink
 from rangefs.download.progress import BarProgress, NoProgress, Reporter
 from rangefs.errors import UsageError
 from rangefs.library.options import check_url, headers_from
-
-_SHARED_SETTINGS = (
-    "cache_dir",
-    "cache_size",
-    "block_size",
-    "connections",
-    "timeout",
-    "connect_timeout",
-    "read_timeout",
-    "ca_bundle",
-    "http2",
-)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("urls", nargs="+", metavar="URL", help="what to download; a last '-' means stdout")
-    parser.add_argument("-o", "--output", metavar="DIR|FILE|-", help="a directory, a file (one URL) or - for stdout")
-    parser.add_argument("-j", "--jobs", type=int, default=4, help="files downloaded at once (default: 4)")
-    parser.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of the (one) file; a mismatch fails")
-    parser.add_argument("--md5", metavar="HEX", help="expected MD5 of the (one) file; a mismatch fails")
-    parser.add_argument("-f", "--force", action="store_true", help="replace output files that exist")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="request header")
-    parser.add_argument(
-        "--fill-cache",
-        action="store_true",
-        help="a file download also fills the disk cache (and shares fetches with mounts on it); slower",
-    )
-    # The mount's own options, with its defaults: a download shares the cache (keys, limit) with mounts.
-    options.add_settings_arguments(parser, only=_SHARED_SETTINGS)
 
 
 def run(args: argparse.Namespace) -> int:

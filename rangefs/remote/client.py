@@ -36,8 +36,10 @@ from rangefs.remote.breaker import HostBreaker
 from rangefs.remote.credentials import Credentials, Grant
 from rangefs.remote.diagnosis import deadline_passed
 from rangefs.remote.headers import parse_digits
+from rangefs.remote.headpath import HeadConnections
 from rangefs.remote.limits import HostLimits
 from rangefs.remote.metadata import RemoteMetadata
+from rangefs.remote.netrc import NetrcAuth
 from rangefs.remote.retry import THROTTLE_STATUSES, RetryPolicy, is_transient, parse_retry_after
 from rangefs.remote.sender import Attempt, Headers, Sender, origin_of
 from rangefs.remote.transport import build_transport, tls_context
@@ -146,14 +148,16 @@ class RemoteClient:
             max_connections=None, max_keepalive_connections=4 * settings.connections, keepalive_expiry=60.0
         )
         verify = tls_context(settings.ca_bundle)
+        timeouts = httpx.Timeout(connect=settings.connect_timeout, read=timeout, write=timeout, pool=None)
+        own_transport = None if transport else build_transport(verify=verify, http2=settings.http2, limits=limits)
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=settings.connect_timeout, read=timeout, write=timeout, pool=None),
+            timeout=timeouts,
             limits=limits,
             follow_redirects=False,
             headers={"User-Agent": settings.user_agent, "Accept-Encoding": "identity"},
             verify=verify,
             http2=settings.http2,
-            transport=transport or build_transport(verify=verify, http2=settings.http2, limits=limits),
+            transport=transport or own_transport,
             trust_env=True,
             auth=auth,
         )
@@ -162,12 +166,25 @@ class RemoteClient:
         self.limits = HostLimits(settings.connections)
         self.breaker = breaker or HostBreaker()
         # Offline: every request fails at once, before any connection (see Sender).
-        self._sender = Sender(self._client, self.breaker, offline=settings.offline)
+        # Bulk probes' HEADs take the lighter path (headpath.py) where httpx's own pool would serve them the
+        # plainest way: our transport (no proxy), HTTP/1.1, an auth of one step. Elsewhere httpx's path serves
+        # them too.
+        heads = None
+        one_step_auth = auth is None or isinstance(auth, NetrcAuth)
+        if own_transport is not None and not settings.http2 and one_step_auth:
+            heads = HeadConnections(
+                ssl_context=verify, timeout=timeouts, max_idle=4 * settings.connections, keepalive_expiry=60.0
+            )
+        self._sender = Sender(self._client, self.breaker, offline=settings.offline, heads=heads)
         self.stats = ClientStatistics()
         self._log_throttle = LogThrottle()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        try:
+            if self._sender.heads is not None:
+                await self._sender.heads.aclose()
+        finally:
+            await self._client.aclose()
 
     async def __aenter__(self) -> RemoteClient:
         return self
@@ -183,14 +200,18 @@ class RemoteClient:
         self.stats.hosts_down, self.stats.requests_refused = breaker.hosts_down, breaker.refused
         return self.stats
 
-    async def probe(self, url: str, access: Access = ()) -> RemoteMetadata:
-        """Size and validator of ``url``: HEAD first, a one-byte ranged GET when HEAD says too little."""
+    async def probe(self, url: str, access: Access = (), *, bulk: bool = False) -> RemoteMetadata:
+        """Size and validator of ``url``: HEAD first, a one-byte ranged GET when HEAD says too little.
+
+        A ``bulk`` probe (one of a listing's many) sends its HEAD the lighter way (headpath.py), on connections
+        kept for HEADs; any other goes through httpx's pool, whose connection the read that usually follows
+        (an open, ``rangefs get``) then reuses instead of paying a handshake."""
         timeout = min(self.total_timeout, _PROBE_TIMEOUT)
         credentials = _credentials(url, access)
         # The deadline starts once a connection is ours: probes queued behind a slow host must not expire.
         async with self.limits.probe_limiter(self._origin(url)):
             return await self._with_retries(
-                url, lambda attempt, grant: self._probe_once(url, grant, attempt), timeout, credentials
+                url, lambda attempt, grant: self._probe_once(url, grant, attempt, bulk), timeout, credentials
             )
 
     async def fetch(
@@ -366,10 +387,10 @@ class RemoteClient:
                 return
         log.log(level, "%s (attempt %d); retrying in %.2f s", error, attempt, delay)
 
-    async def _probe_once(self, url: str, grant: Grant, attempt: Attempt) -> RemoteMetadata:
+    async def _probe_once(self, url: str, grant: Grant, attempt: Attempt, bulk: bool) -> RemoteMetadata:
         """One attempt; requests go where ``grant`` says, what they learn is of ``url``."""
         with self._translated(url):
-            async with self._sender.request("HEAD", grant.url, grant.headers, attempt) as response:
+            async with self._sender.request("HEAD", grant.url, grant.headers, attempt, lighter=bulk) as response:
                 length = _content_length(response)
                 if response.status_code == 200 and length is not None:
                     return _metadata_from(url, response, length)

@@ -26,6 +26,7 @@ from rangefs.errors import InvalidResponse, RemoteUnreachable
 from rangefs.remote.breaker import Admission, HostBreaker
 from rangefs.remote.diagnosis import explain
 from rangefs.remote.headers import parse_digits
+from rangefs.remote.headpath import HeadConnections, authorized
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +67,38 @@ class Sender:
     """Sends requests over ``client`` (which must not follow redirects itself) through ``breaker``; an
     ``offline`` Sender sends nothing and fails every request at once."""
 
-    def __init__(self, client: httpx.AsyncClient, breaker: HostBreaker, *, offline: bool = False) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        breaker: HostBreaker,
+        *,
+        offline: bool = False,
+        heads: HeadConnections | None = None,
+    ) -> None:
         self._client = client
         self.breaker = breaker
         self.offline = offline
+        # Where lighter HEADs go instead of ``client`` (see headpath.py), if anywhere.
+        self.heads = heads
         # Configured URL -> where it last redirected to, while that keeps answering.
         self._redirected: dict[str, httpx.URL] = {}
 
     def __repr__(self) -> str:
-        return f"<Sender {len(self._redirected)} redirects remembered {self.breaker!r}>"
+        return f"<Sender {len(self._redirected)} redirects remembered {self.breaker!r} {self.heads!r}>"
 
     @asynccontextmanager
     async def request(
-        self, method: str, url: str, configured: Headers, attempt: Attempt, extra: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        configured: Headers,
+        attempt: Attempt,
+        extra: dict[str, str] | None = None,
+        *,
+        lighter: bool = False,
     ) -> AsyncIterator[httpx.Response]:
-        """Send a request, following redirects; configured headers go to the configured origin only."""
+        """Send a request, following redirects; configured headers go to the configured origin only. A
+        ``lighter`` HEAD goes through ``heads`` where there are some."""
         origin = httpx.URL(url)
         remembered = self._redirected.get(url)
         target = remembered or origin
@@ -89,7 +107,8 @@ class Sender:
             if _same_origin(target, origin):
                 for name, value in configured:
                     headers[name] = value
-            response = await self._send(url, self._client.build_request(method, target, headers=headers), attempt)
+            request = self._client.build_request(method, target, headers=headers)
+            response = await self._send(url, request, attempt, lighter=lighter)
             location = response.headers.get("location")
             if remembered is not None and response.status_code in _EXPIRED_TARGET:
                 await finish(response)
@@ -112,7 +131,7 @@ class Sender:
                 raise InvalidResponse(url, "redirected with 303 See Other, which does not point to the file itself")
         raise InvalidResponse(url, f"more than {MAX_REDIRECTS} redirects")
 
-    async def _send(self, url: str, request: httpx.Request, attempt: Attempt) -> httpx.Response:
+    async def _send(self, url: str, request: httpx.Request, attempt: Attempt, *, lighter: bool) -> httpx.Response:
         """Send one request (no redirects) through the breaker of the host it goes to."""
         if self.offline:
             attempt.host_down = True  # nothing to retry: no attempt will ever be sent
@@ -131,7 +150,10 @@ class Sender:
 
         request.extensions["trace"] = trace
         try:
-            response = await self._client.send(request, stream=True)
+            if lighter and self.heads is not None and request.method == "HEAD":
+                response = await self._send_head(self.heads, request, attempt)
+            else:
+                response = await self._client.send(request, stream=True)
         except _CONNECT_FAILURES as error:
             attempt.connecting, attempt.host_down = None, True
             self.breaker.failed(host, self.describe(error, host))
@@ -145,6 +167,13 @@ class Sender:
             raise
         self._connected(attempt)
         attempt.answered = True
+        return response
+
+    async def _send_head(self, heads: HeadConnections, request: httpx.Request, attempt: Attempt) -> httpx.Response:
+        """What httpx's client does around sending (auth, storing cookies), with the lighter path in between."""
+        response = await heads.send(authorized(self._client.auth, request), lambda: self._connected(attempt))
+        if "set-cookie" in response.headers:
+            self._client.cookies.extract_cookies(response)
         return response
 
     def describe(self, error: Exception, host: str) -> str:

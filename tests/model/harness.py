@@ -85,7 +85,7 @@ class FaultyCache:
     broken index would; names that no longer exist are simply never failed."""
 
     FILE_METHODS = frozenset({"read", "contains", "store_files", "write"})
-    INDEX_METHODS = frozenset({"record", "drop_object", "get_records", "put_record"})
+    INDEX_METHODS = frozenset({"record", "drop_object", "get_records", "put_record", "put_records"})
     # Methods that write blocks, possibly from a worker thread: ``writes_pending`` counts them from the
     # moment they are looked up (before the thread starts) until they return.
     WRITE_METHODS = frozenset({"store_files", "write"})
