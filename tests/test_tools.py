@@ -121,9 +121,10 @@ def test_zip_listing_costs_two_requests_cold_and_none_warm(  # noqa: PLR0917 - f
             assert requests <= len(archive) // (8 * MiB) + 10
         elif lister == "7z":
             # 7z also reads the archive's first bytes to identify it: one more (64 KiB) request; and the
-            # directory can take one more when 7z's read of part of it overtakes the plan: the two then run
-            # side by side, not one after the other.
-            limit = 4
+            # directory can take two more when 7z's reads of it overtake the plan (seen under load on the
+            # ZIP64 archive, whose directory spans blocks): they run side by side, not one after the other,
+            # and the bytes stay within the directory's.
+            limit = 5
             assert requests <= limit, [record.range for record in origin.requests_for(f"/{name}")]
             assert sent <= directory + MiB + 2 * 64 * 1024
         else:
