@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import tls
 from tests.daemons import DaemonTracker
 from tests.mounting import Mount, start_mount
 from tests.origin import Origin
@@ -88,3 +89,12 @@ def daemons() -> Iterator[DaemonTracker]:
         forced = tracker.close()
     if forced:
         pytest.fail("\n".join(forced))
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> tls.Certificates:
+    """A CA and a certificate for 127.0.0.1 made by openssl (skipped without it)."""
+    reason = tls.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return tls.make_certificates(tmp_path_factory.mktemp("certificates"))

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rangefs.ranges import ByteRange, covered_bytes
@@ -20,16 +19,9 @@ from tests.conftest import MountFactory
 from tests.mounting import rangefs_command, read_direct
 from tests.origin import Origin, OriginHandler, ServedFile, pattern_bytes
 from tests.test_mount_cache_limits import tiny_tmpfs
+from tests.waiting import eventually
 
 MiB = 1024 * 1024
-
-
-def _eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def get(*args: str, cache: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -68,7 +60,7 @@ def test_get_to_a_file_takes_from_the_cache_and_leaves_it_as_it_was(
     def xattr(name: str) -> int:
         return int(os.getxattr(path, f"user.rangefs.{name}"))
 
-    _eventually(lambda: 0 < xattr("fetched_bytes") == xattr("cached_bytes"), "every fetched byte in the cache")
+    eventually(lambda: 0 < xattr("fetched_bytes") == xattr("cached_bytes"), "every fetched byte in the cache")
     cached = xattr("cached_bytes")
     assert cached < len(data)
     mounted.unmount()
@@ -252,7 +244,7 @@ def test_sigterm_keeps_what_was_written_and_the_next_run_fetches_the_rest(origin
     origin.connection_rate = 4 * MiB  # 8 connections: about 1.5 s for the file
     target = tmp_path / "stopped.bin"
     process = _start_get(url, "-o", str(target), cache=tmp_path / "cache")
-    _eventually(lambda: origin.bytes_sent_for("/stopped.bin") >= 12 * MiB, "a quarter of the file sent")
+    eventually(lambda: origin.bytes_sent_for("/stopped.bin") >= 12 * MiB, "a quarter of the file sent")
     process.send_signal(signal.SIGTERM)
     code, stderr = _finish(process)
     assert code == 128 + signal.SIGTERM, stderr
@@ -276,7 +268,7 @@ def test_a_second_run_on_the_same_partial_file_is_refused(origin: Origin, tmp_pa
     origin.connection_rate = 2 * MiB
     target = tmp_path / "busy.bin"
     first = _start_get(url, "-o", str(target), cache=tmp_path / "cache")
-    _eventually(lambda: origin.bytes_sent_for("/busy.bin") > 0, "the first run under way")
+    eventually(lambda: origin.bytes_sent_for("/busy.bin") > 0, "the first run under way")
     second = get(url, "-o", str(target), cache=tmp_path / "cache")
     assert second.returncode == 1
     assert b"is being written by another rangefs get" in second.stderr
@@ -295,7 +287,7 @@ def test_a_request_that_outlasts_the_timeout_after_a_drop_in_rate_keeps_its_byte
     # One connection, --timeout 3: after the first 8 MiB at 16 MiB/s the next request asks for 8 MiB more
     # (half a second at that rate), which at 2 MiB/s takes 4 s.
     process = _start_get(url, "-o", str(target), "--connections", "1", "--timeout", "3", cache=tmp_path / "cache")
-    _eventually(lambda: len(origin.requests_for("/slowing.bin")) >= 1, "the first request")
+    eventually(lambda: len(origin.requests_for("/slowing.bin")) >= 1, "the first request")
     origin.connection_rate = 2 * MiB  # from the next request on
     code, stderr = _finish(process)
     assert code == 0, stderr

@@ -256,14 +256,6 @@ def test_probes_reuse_a_few_connections(origin: Origin) -> None:
     trio.run(main)
 
 
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> tls.Certificates:
-    reason = tls.skip_reason()
-    if reason:
-        pytest.skip(reason)
-    return tls.make_certificates(tmp_path_factory.mktemp("certificates"))
-
-
 @pytest.mark.parametrize("which", ["good", "expired", "wrong_host"])
 @pytest.mark.parametrize("with_bundle", [True, False], ids=["ca-bundle", "system-cas"])
 def test_tls(certificates: tls.Certificates, which: str, with_bundle: bool) -> None:

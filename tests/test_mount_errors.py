@@ -28,14 +28,6 @@ from tests.origin import Origin, pattern_bytes
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> tls.Certificates:
-    reason = tls.skip_reason()
-    if reason:
-        pytest.skip(reason)
-    return tls.make_certificates(tmp_path_factory.mktemp("certificates"))
-
-
 def assert_fails_with(path: Path, cause: str) -> None:
     """The file is listed, but stat and open fail with EIO, and its error attribute gives ``cause``."""
     assert path.name in os.listdir(path.parent)

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,12 @@ import pytest
 from tests.conftest import MountFactory
 from tests.mounting import Mount, rangefs_command, read_direct, stop_process
 from tests.origin import Origin, pattern_bytes
+from tests.waiting import eventually
 
 KiB = 1024
 MiB = 1024 * KiB
 SIZE = 3 * MiB + 12_345
 _SETTLE_TIMEOUT = 10.0
-
-
-def _eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + _SETTLE_TIMEOUT
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {_SETTLE_TIMEOUT} s: {what}")
-        time.sleep(0.05)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,14 +65,14 @@ def test_xattrs_count_cached_and_fetched_bytes_exactly(origin: Origin, mount_fac
     fetched = MiB // 2
     assert origin.bytes_sent_for("/data.bin") == fetched
     assert _xattr_int(path, "fetched_bytes") == fetched
-    _eventually(lambda: _xattr_int(path, "cached_bytes") == fetched, "the rest of block 1 in the disk cache")
+    eventually(lambda: _xattr_int(path, "cached_bytes") == fetched, "the rest of block 1 in the disk cache")
     # A 4 KiB read elsewhere fetches its 4 KiB page only; a page inside what was fetched costs nothing.
     page = MiB + MiB // 2 + 200 * KiB
     assert read_direct(path, 8 * KiB, 4 * KiB) == data[8 * KiB : 12 * KiB]
     assert read_direct(path, page, 4 * KiB) == data[page : page + 4 * KiB]
     assert origin.bytes_sent_for("/data.bin") == fetched + 4 * KiB
     assert _xattr_int(path, "fetched_bytes") == fetched + 4 * KiB
-    _eventually(lambda: _xattr_int(path, "cached_bytes") == fetched + 4 * KiB, "the page in the disk cache")
+    eventually(lambda: _xattr_int(path, "cached_bytes") == fetched + 4 * KiB, "the page in the disk cache")
     counted = _file_stats(mounted, "data.bin")
     assert counted["requests"] == len(origin.requests_for("/data.bin")) == 2
     assert counted["bytes_fetched"] == origin.bytes_sent_for("/data.bin")
@@ -176,7 +168,7 @@ def test_metrics_endpoint_counts_what_the_origin_sent(origin: Origin, mount_fact
         samples = _samples(_scrape(port)[1])
         return samples["rangefs_bytes_in_flight"] == 0 and samples["rangefs_bytes_fetched_total"] == SIZE
 
-    _eventually(settled, "every fetch done")
+    eventually(settled, "every fetch done")
     status, text = _scrape(port)
     assert status == 200
     samples = _samples(text)

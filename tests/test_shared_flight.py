@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from tests.daemons import kill_hard
 from tests.mounting import Mount, rangefs_command
 from tests.origin import Origin, pattern_bytes
 from tests.test_mount_cache_limits import sha256_of
+from tests.waiting import eventually
 
 MiB = 1024 * 1024
 
@@ -81,14 +81,6 @@ def test_concurrent_mounts_fetch_each_byte_once(
     assert claim_owners(cache_dir) == [], "every claim is dropped once its piece is on disk"
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout} s")
-        time.sleep(0.01)
-
-
 def test_reader_takes_over_when_the_owner_is_killed(
     origin: Origin, mount_factory: MountFactory, tmp_path: Path
 ) -> None:
@@ -102,12 +94,12 @@ def test_reader_takes_over_when_the_owner_is_killed(
     owner.allowed_log_patterns.append(".")  # killed: whatever it logged last is not the test's concern
     owner_read = threading.Thread(target=lambda: _read_quietly(owner.path / "owner.bin"), daemon=True)
     owner_read.start()
-    _wait_for(lambda: owner.process.pid in claim_owners(cache_dir), 20, "claimed by the owner")
+    eventually(lambda: owner.process.pid in claim_owners(cache_dir), "claimed by the owner", timeout=20)
 
     result: list[str | BaseException] = []
     waiter_read = threading.Thread(target=lambda: result.append(_hash_or_error(waiter.path / "owner.bin")))
     waiter_read.start()
-    _wait_for(lambda: store_stats(waiter)["blocks_from_others"] > 0, 30, "waiting for the owner's pieces")
+    eventually(lambda: store_stats(waiter)["blocks_from_others"] > 0, "waiting for the owner's pieces", timeout=30)
     kill_hard(owner.process.pid)
     killed_at = time.monotonic()
     # Bounded: the rest of the file fetched by the waiter alone, at the origin's rate, and a lease.
@@ -130,7 +122,7 @@ def test_claims_of_a_killed_daemon_are_cleared_on_the_next_mount(
     killed = mount_factory([url], cache_dir=cache_dir, name="killed")
     killed.allowed_log_patterns.append(".")
     threading.Thread(target=lambda: _read_quietly(killed.path / "stale.bin"), daemon=True).start()
-    _wait_for(lambda: killed.process.pid in claim_owners(cache_dir), 20, "claimed")
+    eventually(lambda: killed.process.pid in claim_owners(cache_dir), "claimed", timeout=20)
     kill_hard(killed.process.pid)
     assert killed.process.pid in claim_owners(cache_dir), "a killed process cannot drop its claims itself"
 

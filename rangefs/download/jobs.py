@@ -41,7 +41,7 @@ def settings_for_get(settings: MountSettings) -> MountSettings:
     window plus the parts waiting to be written: parts arrive ahead of the reader and wait there, and a part
     evicted before it was read and while its cache write is still queued would be fetched again (measured:
     8 % of a 512 MiB download with a 32 MiB tier). Blocks already written are not kept for long after."""
-    window = TransferPlan.for_connections(settings.connections, settings.prefetch_part_size).window
+    window = TransferPlan(settings.prefetch_part_size, settings.connections).window
     return dataclasses.replace(settings, max_readahead=(window + 2 * settings.prefetch_part_size) // 2)
 
 
@@ -71,9 +71,7 @@ async def get_all(
                         # none waits for a free one past --timeout.
                         sharing = min(parallel, hosts[urlsplit(job.url).netloc])
                         connections = max(1, settings.connections // sharing)
-                        plan = TransferPlan.for_connections(
-                            connections, settings.prefetch_part_size, segmented=not fill_cache
-                        )
+                        plan = TransferPlan(settings.prefetch_part_size, connections, segmented=not fill_cache)
                         downloads.start_soon(
                             partial(_run, session, job, plan, limiter=limiter, streaming=streaming, reporter=reporter)
                         )

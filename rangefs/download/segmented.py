@@ -18,6 +18,7 @@ stops resumes where every connection was.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -124,7 +125,7 @@ class SegmentedDownload:
             while not copy.finished:
                 data = await self._file.read_at(copy.position, min(_COPY_READ, copy.remaining), readahead=False)
                 if not data:
-                    raise OSError(f"{self._file.url}: the cache ended before byte {copy.position}")
+                    raise OSError(errno.EIO, f"{self._file.url}: the cache ended before byte {copy.position}")
                 self._wrote(copy, data)
 
     async def _connection(self) -> None:

@@ -41,15 +41,14 @@ class TransferPlan:
     the reader; to a file, in segments over ``connections`` connections."""
 
     part_size: int
-    window: int
     connections: int
     # A file in segments, past the block store (False: in order through it, so its pieces go to the disk
     # cache and its fetches are shared with mounts and other readers of the cache, ``--fill-cache``).
     segmented: bool = True
 
-    @classmethod
-    def for_connections(cls, connections: int, part_size: int, *, segmented: bool = True) -> TransferPlan:
-        return cls(part_size, (connections + 2) * part_size, connections, segmented)
+    @property
+    def window(self) -> int:
+        return (self.connections + 2) * self.part_size
 
 
 Progress = Callable[[int], None]  # bytes newly written
