@@ -27,6 +27,12 @@ from rangefs.remote.netrc import netrc_auth
 _SETTLE_TIMEOUT = 3.0
 
 
+def memory_tier_bytes(settings: MountSettings) -> int:
+    """The memory tier's limit: readahead brings a block up to a window ahead of its reader, and the parts in
+    flight complete beyond it; the pieces readers have passed leave first (memory.py), so that is enough."""
+    return max(settings.max_readahead + 2 * settings.prefetch_part_size, settings.block_size)
+
+
 @asynccontextmanager
 async def running_engine(
     entries: Sequence[Entry], settings: MountSettings, cache: BlockCache, *, client: RemoteClient | None = None
@@ -42,8 +48,7 @@ async def running_engine(
             block_size=settings.block_size,
             max_request_size=settings.max_request_size,
             nursery=nursery,
-            # Readahead brings a block up to a window (plus the parts in flight) ahead of its reader.
-            hot_bytes=max(2 * settings.max_readahead, settings.block_size),
+            hot_bytes=memory_tier_bytes(settings),
         )
         prefetcher = Prefetcher(
             store, max_inflight_bytes=settings.max_inflight, part_size=settings.prefetch_part_size, nursery=nursery

@@ -62,6 +62,12 @@ SMALL_READ_PIECE = 4 * 1024
 INDEX_PIECE = 64 * 1024
 # The piece sizes in use besides blocks: a small read joins pieces of any of them that hold its bytes.
 PIECE_GRIDS = (INDEX_PIECE, SMALL_READ_PIECE)
+# Bytes of fetched pieces not yet through their cache write above which prefetch parts wait to start
+# (``wait_for_disk``). Each part holds the mount's prefetch budget (256 MiB) until its pieces are on disk, but
+# the pieces wait in memory meanwhile: when the cache writes fall behind the network (a cold `dd` at 40 ms RTT on
+# two cores), a budget's worth piled up and the daemon's peak RSS reached 330-377 MiB. Parts in flight (a
+# window) come on top; the read is then paced by the disk a little earlier, which the budget did anyway.
+MAX_UNWRITTEN_BYTES = 64 * 1024 * 1024
 # Owner of reserved pieces until a fetch takes them (the Pending objects tell reservations apart).
 _RESERVED = object()
 _UNREGISTERED = Pending(owner=None)
@@ -131,6 +137,8 @@ class BlockStore:
     """Cache-or-fetch for blocks of ``block_size`` bytes; single flight per piece.
 
     Attributes and their invariants:
+    - ``unwritten_bytes``: the bytes of fetched pieces handed to a cache write that has not ended yet;
+      ``_disk_caught_up`` is set whenever that is at most ``max_unwritten_bytes``;
     - ``in_flight``: a piece is registered iff one task (a fetch run, a stream, a reservation's owner) will
       complete or fail it;
     - ``memory``: pieces of versions still current (``drop_object`` removes a changed version's);
@@ -145,6 +153,7 @@ class BlockStore:
         max_request_size: int,
         nursery: trio.Nursery,
         hot_bytes: int = 64 * 1024 * 1024,
+        max_unwritten_bytes: int = MAX_UNWRITTEN_BYTES,
     ) -> None:
         self.cache = cache
         self.block_size = block_size
@@ -156,6 +165,10 @@ class BlockStore:
         self._streams: dict[str, list[WholeFileStream]] = {}
         self.shared = SharedFlight(cache, nursery=nursery)
         self._busy = 0  # fetch runs and streams under way, their cache writes included
+        self.unwritten_bytes = 0
+        self.max_unwritten_bytes = max_unwritten_bytes
+        self._disk_caught_up = trio.Event()
+        self._disk_caught_up.set()
         self._idle = trio.Event()
         self._idle.set()
         self.stats = StoreStatistics()
@@ -526,6 +539,7 @@ class BlockStore:
             if pieces:
                 self._deliver(pieces, owner)
                 written.send_nowait([(entry[0], data) for entry, data in pieces])  # room: one slot per piece
+                self._unwritten(sum(len(data) for _, data in pieces))
             gathering = assembler.gathering()
             if gathering is not None:  # readers of its first bytes need not wait for the rest of it
                 gathering[0][1].progress(gathering[1], gathering[2])
@@ -565,8 +579,25 @@ class BlockStore:
         with trio.CancelScope(shield=True):
             async with arriving:
                 async for pieces in arriving:
-                    await self.writer.write(pieces, describe, wait=wait)
+                    try:
+                        await self.writer.write(pieces, describe, wait=wait)
+                    finally:
+                        self._unwritten(-sum(len(data) for _, data in pieces))
                     lease.progress()
+
+    def _unwritten(self, change: int) -> None:
+        self.unwritten_bytes += change
+        if self.unwritten_bytes <= self.max_unwritten_bytes:
+            self._disk_caught_up.set()
+        elif self._disk_caught_up.is_set():
+            self._disk_caught_up = trio.Event()
+
+    async def wait_for_disk(self) -> None:
+        """Return once at most ``max_unwritten_bytes`` of fetched pieces wait for their cache writes (what a
+        prefetch about to start waits for: memory stays bounded when the disk is slower than the network)."""
+        await trio.lowlevel.checkpoint()
+        while not self._disk_caught_up.is_set():
+            await self._disk_caught_up.wait()
 
     def _deliver(self, pieces: list[tuple[Entry, memoryview]], owner: object) -> None:
         """Fetched pieces into memory, then to their waiters (so no reader misses them in between)."""

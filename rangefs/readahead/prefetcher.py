@@ -232,6 +232,7 @@ class Prefetcher:
         with trio.CancelScope() as scope:
             self._scopes[key].add(scope)
             try:
+                await self.store.wait_for_disk()
                 async with self.budget.hold(size):
                     self.stats.parts_started += 1
                     await self.store.fetch_reserved(source, part)

@@ -39,6 +39,7 @@ from rangefs.readahead import ReadaheadConfig
 from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient
 from rangefs.remote.retry import RetryPolicy
+from rangefs.stack import memory_tier_bytes
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -213,7 +214,7 @@ async def _run_engine(
                 block_size=block_size,
                 max_request_size=max(settings.max_request_size, block_size),
                 nursery=service,
-                hot_bytes=max(2 * settings.max_readahead, block_size),
+                hot_bytes=memory_tier_bytes(settings),
             )
             part_size = max(settings.prefetch_part_size, block_size)
             prefetcher = (
