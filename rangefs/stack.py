@@ -28,9 +28,11 @@ _SETTLE_TIMEOUT = 3.0
 
 
 def memory_tier_bytes(settings: MountSettings) -> int:
-    """The memory tier's limit: readahead brings a block up to a window ahead of its reader, and the parts in
-    flight complete beyond it; the pieces readers have passed leave first (memory.py), so that is enough."""
-    return max(settings.max_readahead + 2 * settings.prefetch_part_size, settings.block_size)
+    """The memory tier's limit: readahead brings a block up to a window ahead of its reader, and up to two parts
+    (no larger than the window) complete beyond it; the pieces readers have passed leave first (memory.py), so
+    that is enough. Without readahead, one block."""
+    parts = 2 * min(settings.prefetch_part_size, settings.max_readahead)
+    return max(settings.max_readahead + parts, settings.block_size)
 
 
 @asynccontextmanager

@@ -147,7 +147,12 @@ class _InOrder:
                         data = await file.read_at(position, min(_READ, file.size - position), readahead=False)
                         if not data:
                             raise OSError(errno.EIO, f"{file.url}: no bytes at {position} of {file.size}")
-                        await send.send(data)
+                        try:
+                            await send.send(data)
+                        except trio.BrokenResourceError:
+                            # The writer stopped (a closed pipe, a full disk) and closed its end before its
+                            # handler cancelled us (its close checkpoints): its failure is raised below.
+                            break
                         position += len(data)
                 except OSError as error:
                     failure = failure or error  # the remote side failed: the parts read are still written
