@@ -22,6 +22,7 @@ from rangefs.readahead import ReadaheadConfig
 from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient
 from rangefs.remote.netrc import netrc_auth
+from rangefs.remote.workers import FetchWorkers
 
 # Seconds a closing engine waits for fetches under way and their cache writes (a demand read, a stream).
 _SETTLE_TIMEOUT = 3.0
@@ -44,7 +45,10 @@ async def running_engine(
     Probes are not started: the caller starts ``engine.run_probes`` when it wants them."""
     # netrc is read here, once per engine: every face of rangefs (mount, library, get) gets it.
     remote_client = client or RemoteClient(settings, auth=netrc_auth(os.environ))
-    async with remote_client as remote, trio.open_nursery() as nursery:
+    # Fetch workers build clients of their own, so only for a client built here (a given one may reach a network
+    # of its own, as tests' do).
+    workers = settings.fetch_workers if client is None and not settings.offline else 0
+    async with remote_client as remote, _fetch_workers(remote, settings, workers), trio.open_nursery() as nursery:
         store = BlockStore(
             cache,
             block_size=settings.block_size,
@@ -82,3 +86,17 @@ async def running_engine(
             with trio.move_on_after(_SETTLE_TIMEOUT):
                 await store.wait_idle()
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _fetch_workers(client: RemoteClient, settings: MountSettings, count: int) -> AsyncIterator[None]:
+    """``count`` fetch worker processes serving ``client``'s prefetches while inside."""
+    if not count:
+        yield
+        return
+    async with FetchWorkers.running(settings, count) as workers:
+        client.workers = workers
+        try:
+            yield
+        finally:
+            client.workers = None

@@ -38,12 +38,14 @@ def settings_from(
     format_prefetch: bool | None = None,
     ca_bundle: str | Path | None = None,
     http2: bool | None = None,
+    fetch_workers: int = 0,
 ) -> MountSettings:
     """MountSettings with the given options, the mount's defaults elsewhere.
 
     Sizes are bytes or strings such as ``"64M"``; ``cache_size=0`` removes the limit (as ``--cache-size 0``).
+    Unlike a mount, the API starts no fetch worker process unless ``fetch_workers`` asks for some.
     Raises ValueError for what the mount would refuse (a block size that is not a multiple of 4K, ...)."""
-    changes: dict[str, object] = {}
+    changes: dict[str, object] = {"fetch_workers": fetch_workers}
     if cache_dir is not None:
         changes["cache_dir"] = Path(cache_dir).expanduser().absolute()
     if cache_size is not None:

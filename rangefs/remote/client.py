@@ -35,6 +35,7 @@ from rangefs.ranges import ByteRange
 from rangefs.remote.breaker import HostBreaker
 from rangefs.remote.credentials import Credentials, Grant
 from rangefs.remote.diagnosis import deadline_passed
+from rangefs.remote.frames import Job
 from rangefs.remote.headers import parse_digits
 from rangefs.remote.headpath import HeadConnections
 from rangefs.remote.limits import HostLimits
@@ -49,6 +50,7 @@ from rangefs.remote.validate import (
     parse_unsatisfied_range,
     whole_file_difference,
 )
+from rangefs.remote.workers import FetchWorkers
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,8 @@ class RemoteClient:
         self._sender = Sender(self._client, self.breaker, offline=settings.offline, heads=heads)
         self.stats = ClientStatistics()
         self._log_throttle = LogThrottle()
+        # Worker processes that run prefetches' attempts, when the owner of this client started some.
+        self.workers: FetchWorkers | None = None
 
     async def aclose(self) -> None:
         try:
@@ -252,7 +256,13 @@ class RemoteClient:
 
         async def fetch_once(attempt: Attempt, grant: Grant) -> None:
             async with self.limits.limiter(origin, demand=demand):
-                await self._fetch_into(metadata, wanted, progress, grant, attempt)
+                # Prefetches (a stream's bulk) go to a fetch worker where there is one; demand reads are few
+                # and small, and stay on the daemon's warm connections.
+                workers = self.workers
+                if not demand and workers is not None and workers.ready:
+                    await self._fetch_by_worker(workers, metadata, wanted, progress, grant, attempt)
+                else:
+                    await self._fetch_into(metadata, wanted, progress, grant, attempt)
 
         credentials = _credentials(metadata.url, access)
         with _in_flight(counts, wanted.length, progress):
@@ -424,28 +434,69 @@ class RemoteClient:
         self, metadata: RemoteMetadata, wanted: ByteRange, progress: _Progress, grant: Grant, attempt: Attempt
     ) -> None:
         """One attempt: fetch what ``progress`` says is still missing of ``wanted`` into ``progress``."""
-        url = metadata.url
         missing = ByteRange(wanted.start + progress.received, wanted.stop)
-        extra = {"Range": missing.header_value()}
-        if metadata.if_range:
-            extra["If-Range"] = metadata.if_range
         for tally in progress.counts:
             tally.requests += 1
-        with self._translated(url, progress.counts):
+        async with aclosing(self.range_body(metadata, missing, grant, attempt, progress.counts)) as body:
+            async for chunk in body:
+                progress.arrived(chunk)
+
+    @staticmethod
+    async def _fetch_by_worker(  # noqa: PLR0917
+        workers: FetchWorkers,
+        metadata: RemoteMetadata,
+        wanted: ByteRange,
+        progress: _Progress,
+        grant: Grant,
+        attempt: Attempt,
+    ) -> None:
+        """``_fetch_into``'s attempt, run by a fetch worker; the same counts and the same final check."""
+        missing = ByteRange(wanted.start + progress.received, wanted.stop)
+        for tally in progress.counts:
+            tally.requests += 1
+        try:
+            await workers.fetch(Job(metadata, missing, grant.url, grant.headers), progress.arrived, attempt)
+        except RemoteError:
+            for tally in progress.counts:
+                tally.errors += 1
+            raise
+        if progress.received != wanted.length:
+            raise InvalidResponse(
+                metadata.url,
+                f"fetch worker ended the body at {progress.received} of {wanted.length} bytes",
+                transient=True,
+            )
+
+    async def range_body(
+        self,
+        metadata: RemoteMetadata,
+        wanted: ByteRange,
+        grant: Grant | Job,
+        attempt: Attempt,
+        counts: Sequence[RequestTally] = (),
+    ) -> AsyncGenerator[bytes, None]:
+        """One request for ``wanted`` of the version ``metadata`` describes, sent where ``grant`` says: the
+        chunks of its body, each once the answer's headers proved it is that version; or a RemoteError (after
+        which the chunks given are a correct prefix). Failures are counted in ``counts``. What the consumer
+        raises is its own: it is not translated. Fetch workers run this for the daemon (fetchworker.py)."""
+        url = metadata.url
+        extra = {"Range": wanted.header_value()}
+        if metadata.if_range:
+            extra["If-Range"] = metadata.if_range
+        with self._translated(url, counts):
             async with self._sender.request("GET", grant.url, grant.headers, attempt, extra) as response:
                 if response.status_code >= 400:
                     raise _status_error(url, response)
-                check_range_response(url, response.status_code, response.headers, wanted=missing, metadata=metadata)
+                check_range_response(url, response.status_code, response.headers, wanted=wanted, metadata=metadata)
+                received = 0
                 async with aclosing(_generator(response)) as body:  # closed also when we stop early
                     async for chunk in body:
-                        end = progress.received + len(chunk)
-                        if end > wanted.length:
-                            raise InvalidResponse(url, f"body longer than the {missing.length} bytes asked for")
-                        progress.arrived(chunk)
-                if progress.received != wanted.length:
-                    raise InvalidResponse(
-                        url, f"body cut short: {progress.received} of {wanted.length} bytes", transient=True
-                    )
+                        received += len(chunk)
+                        if received > wanted.length:
+                            raise InvalidResponse(url, f"body longer than the {wanted.length} bytes asked for")
+                        yield chunk
+                if received != wanted.length:
+                    raise InvalidResponse(url, f"body cut short: {received} of {wanted.length} bytes", transient=True)
 
     def _origin(self, url: str) -> str:
         with self._translated(url):

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpcore
 import httpx
 
+from rangefs.remote.tlsstream import TLSStream
+
 # Bytes asked of the socket per read.
 SOCKET_READ_SIZE = 1024 * 1024
 # Seconds an idle connection's "did the server close it?" answer is reused. httpcore asks it of every pooled
@@ -49,7 +51,8 @@ class LargeReadStream(httpcore.AsyncNetworkStream):
     async def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.AsyncNetworkStream:
-        return LargeReadStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
+        # Our TLS (tlsstream.py) over the plain connection: a read returns every record a socket read completed.
+        return LargeReadStream(await TLSStream.connect(self._stream, ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> typing.Any:
         if info != "is_readable":

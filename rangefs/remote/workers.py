@@ -1,0 +1,197 @@
+"""Fetch worker processes: HTTP and TLS off the daemon's one thread.
+
+The daemon's thread answers FUSE, assembles blocks and checks them; parsing HTTP and decrypting TLS for a
+sequential stream took as much again (4.2 CPU-s of 4.4 s for 512 MiB over HTTPS at 40 ms). A worker process
+(fetchworker.py) has its own trio loop and httpx client and does one attempt at a range per job: it sends the
+request the daemon describes and passes the body back over a Unix socket as it arrives, so the daemon only
+copies bytes out of a socket. Everything else stays in the daemon: credentials and their renewal, retries,
+the per-host connection limits and their AIMD (a job is sent only once its connection slot is held), byte
+counts, and the check that a job brought exactly the bytes asked for.
+
+Workers start in the background; until one is ready, and if one cannot be started, fetches run in the
+daemon as before. A worker that ends fails its jobs with a transient error (they are retried, in the daemon
+if no worker is left) and is started again, a few times at most.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import cast
+
+import trio
+
+from rangefs.config import MountSettings
+from rangefs.errors import RemoteUnreachable
+from rangefs.remote.frames import FrameReader, FrameWriter, Job, Kind, decode_failure, pickled, unpickled_failure
+from rangefs.remote.sender import Attempt
+
+log = logging.getLogger(__name__)
+
+# Socket buffers of each worker's socket pair: a worker can run this far ahead of the daemon's reads.
+_SOCKET_BUFFER = 4 * 1024 * 1024
+# A worker that ended unexpectedly is started again at most this many times in the life of a pool.
+_RESTARTS = 3
+# Seconds a stopping worker gets to end on its own once its socket is closed, before it is killed.
+_STOP_GRACE = 2.0
+
+
+class _Job:
+    """A job the daemon waits for: where its bytes go, and how it ended."""
+
+    def __init__(self, url: str, arrived: Callable[[bytes], None], attempt: Attempt) -> None:
+        self.url = url
+        self.arrived = arrived
+        self.attempt = attempt
+        self.ended = trio.Event()
+        self.error: BaseException | None = None
+        # The worker still works on it: a job the daemon gives up on must be cancelled there.
+        self.running = True
+
+    def deliver(self, payload: bytearray) -> None:
+        if self.ended.is_set():
+            return
+        try:
+            # A bytearray read straight from the socket: every sink takes any bytes-like chunk.
+            self.arrived(cast("bytes", payload))
+        except Exception as error:  # the sink's failure is the waiting fetch's to raise
+            self.end(error)
+
+    def end(self, error: BaseException | None, *, running: bool = True) -> None:
+        if not self.ended.is_set():
+            self.error, self.running = error, running
+            self.ended.set()
+
+
+class _Worker:
+    """One worker process and the daemon's end of its socket."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.writer: FrameWriter | None = None  # set once the worker said it is ready
+        self.jobs: dict[int, _Job] = {}
+
+    @property
+    def ready(self) -> bool:
+        return self.writer is not None
+
+    async def run(self, settings: MountSettings) -> None:
+        """Start the process and serve its frames until it ends (or the pool is cancelled)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end in (ours, theirs):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        command = [sys.executable, "-m", "rangefs.remote.fetchworker", str(theirs.fileno())]
+        try:
+            process = await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        sock = trio.socket.from_stdlib_socket(ours)
+        try:
+            writer = FrameWriter(sock)
+            await writer.send(Kind.SETUP, 0, pickled(settings))
+            await self._serve(FrameReader(sock), writer)
+        finally:
+            self.writer = None
+            for job in self.jobs.values():
+                job.end(RemoteUnreachable(job.url, f"its fetch worker process {process.pid} ended"), running=False)
+            sock.close()  # the worker reads the end of its socket and stops
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(_STOP_GRACE):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+    async def _serve(self, reader: FrameReader, writer: FrameWriter) -> None:
+        while (received := await reader.next()) is not None:
+            kind, number, payload = received
+            if kind == Kind.READY:
+                self.writer = writer
+                continue
+            job = self.jobs.get(number)
+            if job is None:  # a job given up on: what was already on its way is dropped
+                continue
+            if kind == Kind.DATA:
+                job.deliver(payload)
+            elif kind == Kind.DONE:
+                job.end(None, running=False)
+            elif kind == Kind.FAIL:
+                failure = unpickled_failure(bytes(payload))
+                job.attempt.host_down = job.attempt.host_down or failure.host_down
+                job.attempt.host, job.attempt.answered = failure.host, failure.answered
+                job.end(decode_failure(failure), running=False)
+
+
+class FetchWorkers:
+    """A pool of fetch worker processes; ``fetch`` runs one attempt at a range in the least busy of them."""
+
+    def __init__(self, count: int) -> None:
+        self._workers = [_Worker(number) for number in range(count)]
+        self._numbers = itertools.count(1)
+        self.restarts = 0
+
+    def __repr__(self) -> str:
+        ready = sum(worker.ready for worker in self._workers)
+        jobs = sum(len(worker.jobs) for worker in self._workers)
+        return f"<FetchWorkers {ready}/{len(self._workers)} ready, {jobs} jobs, {self.restarts} restarts>"
+
+    @property
+    def ready(self) -> bool:
+        return any(worker.ready for worker in self._workers)
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, settings: MountSettings, count: int) -> AsyncIterator[FetchWorkers]:
+        """``count`` workers, started in the background and stopped at exit."""
+        pool = cls(count)
+        async with trio.open_nursery() as nursery:
+            for worker in pool._workers:
+                nursery.start_soon(pool._keep_running, worker, settings)
+            try:
+                yield pool
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _keep_running(self, worker: _Worker, settings: MountSettings) -> None:
+        while True:
+            try:
+                await worker.run(settings)
+                cause = "it ended"
+            except OSError as error:
+                cause = f"{type(error).__name__}: {error}"
+            if self.restarts >= _RESTARTS:
+                log.warning("fetch worker %d stopped (%s); fetching in the daemon from now on", worker.number, cause)
+                return
+            self.restarts += 1
+            log.warning("fetch worker %d stopped (%s); starting it again", worker.number, cause)
+            await trio.sleep(0.1 * self.restarts)
+
+    async def fetch(self, job: Job, arrived: Callable[[bytes], None], attempt: Attempt) -> None:
+        """One attempt at ``job`` in a worker: its body to ``arrived`` as it arrives, or the RemoteError the
+        worker's attempt ended with (or the error ``arrived`` raised). Needs ``ready``."""
+        ready = [worker for worker in self._workers if worker.writer is not None]
+        if not ready:
+            raise RemoteUnreachable(job.metadata.url, "no fetch worker process is running")
+        worker = min(ready, key=lambda candidate: len(candidate.jobs))
+        writer = cast("FrameWriter", worker.writer)
+        number = next(self._numbers)
+        waiting = worker.jobs[number] = _Job(job.metadata.url, arrived, attempt)
+        try:
+            await writer.send(Kind.START, number, pickled(job))
+            await waiting.ended.wait()
+        except OSError:
+            waiting.end(RemoteUnreachable(job.metadata.url, "its fetch worker process ended"), running=False)
+        finally:
+            del worker.jobs[number]
+            if waiting.running:  # given up on here (cancelled, or the sink failed): the worker stops it too
+                with trio.CancelScope(shield=True), suppress(OSError, trio.ClosedResourceError):
+                    with trio.move_on_after(1.0):
+                        await writer.send(Kind.CANCEL, number)
+        if waiting.error is not None:
+            raise waiting.error
