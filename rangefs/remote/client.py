@@ -256,10 +256,10 @@ class RemoteClient:
 
         async def fetch_once(attempt: Attempt, grant: Grant) -> None:
             async with self.limits.limiter(origin, demand=demand):
-                # Prefetches (a stream's bulk) go to a fetch worker where there is one; demand reads are few
-                # and small, and stay on the daemon's warm connections.
+                # Prefetches (a stream's bulk) go to a fetch worker where there is one for the URL; demand
+                # reads are few and small, and stay on the daemon's warm connections.
                 workers = self.workers
-                if not demand and workers is not None and workers.ready:
+                if not demand and workers is not None and workers.takes(metadata.url):
                     await self._fetch_by_worker(workers, metadata, wanted, progress, grant, attempt)
                 else:
                     await self._fetch_into(metadata, wanted, progress, grant, attempt)
