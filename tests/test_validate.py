@@ -255,3 +255,17 @@ def test_a_206_without_validators_is_unproven_when_no_if_range_could_vouch_for_i
     check_range_response("http://h/f", 206, bare, wanted=ByteRange(0, 100), metadata=OURS)  # If-Range vouches
     no_validators = RemoteMetadata("http://h/f", 1000)
     check_range_response("http://h/f", 206, bare, wanted=ByteRange(0, 100), metadata=no_validators)
+
+
+_VALIDATORS = st.none() | st.sampled_from(['"v1"', 'W/"v1"', '"v2"', "Tue, 14 Nov 2023 22:13:20 GMT"])
+
+
+@given(
+    st.tuples(st.sampled_from(["http://a/x", "http://a/y"]), st.integers(0, 3), _VALIDATORS, _VALIDATORS),
+    st.tuples(st.sampled_from(["http://a/x", "http://a/y"]), st.integers(0, 3), _VALIDATORS, _VALIDATORS),
+)
+def test_same_version_is_the_same_cache_identity(
+    one: tuple[str, int, str | None, str | None], other: tuple[str, int, str | None, str | None]
+) -> None:
+    first, second = (RemoteMetadata(url, size, etag, modified) for url, size, etag, modified in (one, other))
+    assert first.same_version(second) == (first.object_id == second.object_id)

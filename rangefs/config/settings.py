@@ -158,13 +158,16 @@ class MountSettings:
     # Connections per host for prefetch, and as many again for demand reads so they never queue behind it.
     # 8 saturates an origin that throttles each connection (a download accelerator's usual count).
     connections: int = option(8, _count("parallel connections per host for readahead"))
-    # Worker processes that run prefetch requests, so that HTTP and TLS of a stream run beside the thread that
-    # answers FUSE (remote/workers.py). One per core beyond the first, at most 2: on this project's 2-core
-    # machine one worker took a 512 MiB read over HTTPS from 4.4 s to ... s. 0 fetches in the daemon only.
+    # Worker processes that run HTTPS prefetch requests, so that TLS and HTTP of a stream run beside the thread
+    # that answers FUSE (remote/workers.py); plain HTTP stays in the daemon, where it costs less than the hop.
+    # One per core beyond the first, at most 2; 0 fetches in the daemon only.
     fetch_workers: int = option(
         factory=_default_fetch_workers,
-        spec=_count(
-            "processes that fetch readahead beside the daemon's thread; 0: none (default: cores - 1, at most 2)"
+        spec=Option(
+            "processes that run HTTPS readahead beside the daemon's thread; 0: none",
+            parse=int,
+            metavar="N",
+            default_text="cores - 1, at most 2",
         ),
     )
     # Readahead window limit per sequential stream (see readahead/pattern.py).

@@ -58,4 +58,10 @@ class RemoteMetadata:
         return hashlib.sha256("\0".join(map(str, parts)).encode("utf-8", "surrogatepass")).hexdigest()
 
     def same_version(self, other: RemoteMetadata) -> bool:
-        return self.object_id == other.object_id
+        """Whether both name one version (the same ``object_id``), without hashing: every read asks this."""
+        return (self.url, self.etag, self.last_modified, self.size) == (
+            other.url,
+            other.etag,
+            other.last_modified,
+            other.size,
+        )
