@@ -104,7 +104,15 @@ def test_stats_watch_ends_on_ctrl_c_and_when_the_mount_goes_away(origin: Origin,
     _, mounted, path = _mount_one(origin, mount_factory)
     read_direct(path, 0, MiB)
     command = rangefs_command("stats", "--watch", "--interval", "0.1", str(mounted.path))
-    interrupted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A suite started in the background (`cmd &` in a script) ignores SIGINT, and its children inherit that:
+    # give the interrupted one the default back, as a terminal's ^C would find it.
+    interrupted = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
     watching = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for process in (interrupted, watching):
