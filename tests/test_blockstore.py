@@ -3,6 +3,9 @@ streams, and memory bounded by backpressure when the cache disk is slower than t
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -359,3 +362,47 @@ def test_pieces_waiting_for_a_slow_disk_are_bounded_below_the_prefetch_budget(or
     # without the limit 13 MiB).
     assert most_unwritten <= 2 * MiB + window + part + MiB, f"{most_unwritten / MiB:.0f} MiB waited for the disk"
     assert len(origin.requests_for("/backlog.bin")) <= size // part + 8, "the readahead still ran"
+
+
+def _resident_bytes(files: list[Path]) -> int:
+    """Bytes of these files in the kernel's page cache (util-linux fincore)."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES", *map(str, files)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return sum(int(line) for line in out.split())
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux fincore")
+def test_a_prefetch_over_cached_blocks_has_the_kernel_read_their_files_ahead(tmp_path: Path) -> None:
+    """Reads from the disk cache run on the event loop; a prefetch that finds its blocks on disk starts the
+    kernel reading their files, so those reads find the page cache instead of waiting for the disk."""
+    source = MemorySource(pattern_bytes(4 * MiB, seed=21))
+    cache = _cache(tmp_path)
+
+    async def fill(store: BlockStore) -> None:
+        assert await store.read(source, 0, 4 * MiB) == source.data
+        await store.wait_idle()
+
+    trio.run(_with_store, cache, MiB, fill)
+    files = sorted(path for path in (tmp_path / "cache").rglob("*+*") if path.is_file())
+    assert len(files) == 4
+    for path in files:  # out of the page cache, as after a reboot
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    assert _resident_bytes(files) < MiB
+    fetches = len(source.fetches)
+
+    async def prefetch(store: BlockStore) -> None:
+        assert store.reserve(source, range(4)) == []  # all on disk: nothing to fetch
+        with trio.fail_after(DEADLINE):
+            while _resident_bytes(files) < 4 * MiB:
+                await trio.sleep(0.01)
+
+    reopened = _cache(tmp_path)  # a fresh store: nothing in memory
+    trio.run(_with_store, reopened, MiB, prefetch)
+    assert len(source.fetches) == fetches

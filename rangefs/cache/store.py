@@ -31,7 +31,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +203,22 @@ class BlockCache:
             self._index.touch(key)
         skip = offset - chunk_start
         return data[skip : skip + length]
+
+    def will_need(self, keys: Sequence[PieceKey]) -> None:
+        """Ask the kernel to start reading these pieces' files into its page cache: a stream is about to read
+        them, and ``read`` (on the event loop) then finds them there instead of waiting for the disk. Blocks
+        on opening the files (call it in a thread); a piece that is gone is skipped."""
+        for key in keys:
+            try:
+                fd = os.open(self._piece_path(key), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # a filesystem without readahead: reads just wait for the disk
+            finally:
+                os.close(fd)
 
     def contains(self, key: PieceKey) -> bool:
         """Whether a piece file exists (not verified: a cheap test for readahead planning)."""
