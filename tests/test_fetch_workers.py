@@ -11,8 +11,10 @@ import contextlib
 import hashlib
 import os
 import signal
+import socket
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -25,7 +27,8 @@ import trio
 from rangefs.config import MountSettings
 from rangefs.errors import RangesUnsupported, RemoteChanged, RemoteStatusError
 from rangefs.ranges import ByteRange
-from rangefs.remote import FetchStopped, RemoteClient
+from rangefs.remote import FetchStopped, RemoteClient, frames
+from rangefs.remote.frames import FrameReader, FrameWriter, Kind
 from rangefs.remote.transport import LargeReadBackend
 from rangefs.remote.workers import FetchWorkers
 from tests import faults, tls
@@ -231,6 +234,35 @@ def test_workers_end_with_their_pool() -> None:
             os.kill(pid, 0)
 
 
+def test_a_job_cancelled_while_its_bytes_queue_leaves_the_next_job_s_bytes_intact(origin: Origin) -> None:
+    """The daemon reads slowly (a busy loop), so the worker is always mid-frame when a CANCEL arrives: the
+    job still running in the same worker must get exactly its own bytes."""
+    kept_data, dropped_data = pattern_bytes(24 * MiB, seed=15), pattern_bytes(24 * MiB, seed=16)
+    kept_url, dropped_url = origin.add("/kept.bin", kept_data), origin.add("/dropped.bin", dropped_data)
+
+    def slow(received: bytearray, chunk: bytes) -> None:
+        received += chunk
+        time.sleep(0.02)  # the daemon's one thread busy: the worker's socket fills
+
+    async def main() -> None:
+        async with client_with_workers(MountSettings(), count=1) as client:
+            kept, dropped = await client.probe(kept_url), await client.probe(dropped_url)
+            for attempt in range(3):
+                received, other = bytearray(), bytearray()
+                async with trio.open_nursery() as nursery:
+                    whole = ByteRange(0, len(kept_data))
+                    nursery.start_soon(partial(client.fetch_into, kept, whole, partial(slow, received), demand=False))
+                    with trio.move_on_after(0.5 + 0.1 * attempt):
+                        await client.fetch_into(
+                            dropped, ByteRange(0, len(dropped_data)), partial(slow, other), demand=False
+                        )
+                assert hashlib.sha256(received).hexdigest() == hashlib.sha256(kept_data).hexdigest()
+                assert bytes(other) == dropped_data[: len(other)]
+            assert workers_of(client).restarts == 0
+
+    trio.run(main)
+
+
 # The TLS stream.
 
 
@@ -328,3 +360,55 @@ def test_a_worker_ends_when_its_daemon_is_killed(certificates: tls.Certificates,
         mounted.process.wait(timeout=10)
         eventually(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers ended", 10)
         subprocess.run(["fusermount3", "-u", "-z", str(mounted.path)], check=False, capture_output=True)
+
+
+# The wire between the daemon and a worker.
+
+
+def test_a_frame_send_cancelled_midway_still_sends_the_whole_frame() -> None:
+    """A worker cancels a job (the daemon's CANCEL) while its DATA frame is half in the socket; the frames
+    after it must still parse, or the next job's bytes are read as garbage (or as a third job's)."""
+    first, second = b"a" * (4 * MiB), pattern_bytes(64 * 1024, seed=14)
+
+    async def main() -> None:
+        ours, theirs = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with ours, theirs:
+            writer, reader = FrameWriter(ours), FrameReader(theirs)
+            frames: list[tuple[Kind, int, bytes]] = []
+
+            async def read_two_later() -> None:
+                await trio.sleep(0.5)  # until then the first frame cannot all go
+                while len(frames) < 2 and (frame := await reader.next()) is not None:
+                    frames.append((frame[0], frame[1], bytes(frame[2])))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_two_later)
+                with trio.move_on_after(0.2):
+                    await writer.send(Kind.DATA, 1, first)
+                with trio.fail_after(10):
+                    await writer.send(Kind.DATA, 2, second)
+                    while len(frames) < 2:
+                        await trio.sleep(0.01)
+            assert [(kind, job) for kind, job, _ in frames] == [(Kind.DATA, 1), (Kind.DATA, 2)]
+            assert hashlib.sha256(frames[0][2]).digest() == hashlib.sha256(first).digest()
+            assert hashlib.sha256(frames[1][2]).digest() == hashlib.sha256(second).digest()
+
+    trio.run(main)
+
+
+def test_a_cancelled_send_to_a_peer_that_reads_nothing_ends_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rest of a begun frame is bounded: a peer that takes nothing gets the end, never half a frame."""
+    monkeypatch.setattr(frames, "FINISH_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        ours, theirs = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with ours, theirs:
+            writer = FrameWriter(ours)
+            with trio.fail_after(10), trio.move_on_after(0.1):
+                await writer.send(Kind.DATA, 1, b"b" * (4 * MiB))
+            with pytest.raises(OSError):
+                await writer.send(Kind.DATA, 2, b"after")
+            with trio.fail_after(10):
+                assert await FrameReader(theirs).next() is None  # the first frame's payload never completes
+
+    trio.run(main)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import pickle
+import socket
 import struct
 from dataclasses import dataclass
 from typing import cast
@@ -33,6 +34,8 @@ from rangefs.remote.metadata import RemoteMetadata
 _HEADER = struct.Struct("<BII")  # kind, job, payload length
 # Bound on one frame's payload: a worker never sends more than a socket read's worth, a job's spec is small.
 MAX_PAYLOAD = 16 * 1024 * 1024
+# Seconds a cancelled send may take to finish a frame it began (the peer reads all the time; see FrameWriter).
+FINISH_TIMEOUT = 10.0
 
 
 class Kind(enum.IntEnum):
@@ -159,7 +162,11 @@ class FrameReader:
 
 class FrameWriter:
     """Writes frames to a trio socket from any number of tasks, one whole frame at a time; a frame's payload
-    may be given in pieces, which are sent as they are (no joining copy)."""
+    may be given in pieces, which are sent as they are (no joining copy).
+
+    A send cancelled once part of its frame is in the socket still sends the rest (the peer would otherwise
+    read the next frame's bytes as this one's payload), for at most FINISH_TIMEOUT seconds; a peer that takes
+    no bytes for that long gets the end of the stream instead (``shutdown``), never a torn frame."""
 
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
@@ -169,10 +176,23 @@ class FrameWriter:
         length = sum(len(piece) for piece in pieces)
         buffers = [memoryview(_HEADER.pack(kind, job, length)), *(memoryview(piece) for piece in pieces if piece)]
         async with self._lock:
-            while buffers:
-                sent = await self._sock.sendmsg(buffers)
-                while buffers and sent >= len(buffers[0]):
-                    sent -= len(buffers[0])
-                    buffers.pop(0)
-                if sent:
-                    buffers[0] = buffers[0][sent:]
+            # Cancelled here, nothing of the frame went out (trio's sendmsg sends or raises Cancelled).
+            await self._send_some(buffers)
+            try:
+                while buffers:
+                    await self._send_some(buffers)
+            except trio.Cancelled:
+                with trio.CancelScope(shield=True), trio.move_on_after(FINISH_TIMEOUT):
+                    while buffers:
+                        await self._send_some(buffers)
+                if buffers:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                raise
+
+    async def _send_some(self, buffers: list[memoryview]) -> None:
+        sent = await self._sock.sendmsg(buffers)
+        while buffers and sent >= len(buffers[0]):
+            sent -= len(buffers[0])
+            buffers.pop(0)
+        if sent:
+            buffers[0] = buffers[0][sent:]
