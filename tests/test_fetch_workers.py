@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -312,6 +313,28 @@ def test_a_tls_handshake_refuses_a_certificate_for_another_host(certificates: tl
             with pytest.raises(httpcore.ConnectError) as raised:
                 await plain.start_tls(context, "127.0.0.1", timeout=10)
             assert isinstance(raised.value.__cause__, ssl.SSLCertVerificationError)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_reset_during_the_tls_handshake_is_a_connect_error(certificates: tls.Certificates) -> None:
+    """As with trio's SSLStream: the connection never came up, which the host breaker must count (sender.py
+    takes ConnectError for that), not a read error on a connection that did."""
+
+    async def reset(stream: trio.SocketStream) -> None:
+        await stream.receive_some(1024)  # the ClientHello
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, reset, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            plain = await LargeReadBackend().connect_tcp("127.0.0.1", port)
+            context = ssl.create_default_context(cafile=str(certificates.ca))
+            with pytest.raises(httpcore.ConnectError):
+                await plain.start_tls(context, "127.0.0.1", timeout=10)
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -52,6 +52,11 @@ class TLSStream(httpcore.AsyncNetworkStream):
         except trio.TooSlowError:
             await raw.aclose()
             raise httpcore.ConnectTimeout("TLS handshake timed out") from None
+        except (httpcore.ReadError, httpcore.WriteError) as error:
+            # The connection broke before it came up: a connect failure, as trio's SSLStream made it (the host
+            # breaker counts those, sender.py), not a read error on a working connection.
+            await raw.aclose()
+            raise httpcore.ConnectError(str(error)) from error
         except BaseException:
             await raw.aclose()
             raise
