@@ -26,7 +26,7 @@ import pytest
 import trio
 
 from rangefs.config import MountSettings
-from rangefs.errors import RangesUnsupported, RemoteChanged, RemoteStatusError
+from rangefs.errors import RangesUnsupported, RemoteChanged, RemoteError, RemoteStatusError
 from rangefs.ranges import ByteRange
 from rangefs.remote import FetchStopped, RemoteClient, frames
 from rangefs.remote.frames import FrameReader, FrameWriter, Kind
@@ -262,6 +262,59 @@ def test_a_job_cancelled_while_its_bytes_queue_leaves_the_next_job_s_bytes_intac
             assert workers_of(client).restarts == 0
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("fault", [faults.short_body, faults.reset_mid_body], ids=["short", "reset"])
+@pytest.mark.parametrize("in_worker", [True, False], ids=["worker", "daemon"])
+def test_a_truncated_https_body_never_passes_as_complete(
+    certificates: tls.Certificates, fault: faults.Fault, in_worker: bool
+) -> None:
+    """Over our TLS stream the end of a body (close_notify or not, or a reset) is checked against its length:
+    once, the rest is fetched again; every time, the fetch fails with the prefix it got correct."""
+    data = pattern_bytes(4 * MiB, seed=17)
+    with Origin(tls=certificates.good.server_context()).running() as origin:
+        url = origin.add("/t.bin", data)
+
+        async def main() -> None:
+            settings = MountSettings(ca_bundle=certificates.ca, timeout=5.0)
+            async with client_with_workers(settings) as client:
+                if not in_worker:
+                    client.workers = None
+                metadata = await client.probe(url)
+                origin.faults["/t.bin"] = faults.transient(fault, 1)
+                assert await client.fetch(metadata, ByteRange(0, len(data)), demand=False) == data
+                assert client.statistics().retries == 1
+                origin.faults["/t.bin"] = fault
+                received = bytearray()
+                with pytest.raises(RemoteError):
+                    await client.fetch_into(metadata, ByteRange(0, len(data)), received.extend, demand=False)
+                assert 0 < len(received) < len(data)
+                assert bytes(received) == data[: len(received)]
+
+        trio.run(main)
+
+
+def test_a_worker_runs_the_daemon_s_own_code_not_a_package_in_its_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m`` puts the working directory first on sys.path: a daemon started in a directory others can
+    write (/tmp) must not run a ``rangefs`` package planted there, with the credentials its jobs carry."""
+    planted = tmp_path / "rangefs" / "remote"
+    planted.mkdir(parents=True)
+    marker = tmp_path / "planted-code-ran"
+    (tmp_path / "rangefs" / "__init__.py").write_text("")
+    (planted / "__init__.py").write_text("")
+    (planted / "fetchworker.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+
+    async def main() -> None:
+        async with FetchWorkers.running(MountSettings(), 1) as workers:
+            workers.start()
+            await wait_until(lambda: workers.ready or workers.restarts > 0, timeout=30)
+            assert workers.ready
+
+    trio.run(main)
+    assert not marker.exists()
 
 
 # The TLS stream.

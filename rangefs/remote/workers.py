@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import cast
 
 import trio
@@ -39,6 +41,8 @@ _SOCKET_BUFFER = 4 * 1024 * 1024
 _RESTARTS = 3
 # Seconds a stopping worker gets to end on its own once its socket is closed, before it is killed.
 _STOP_GRACE = 2.0
+# The directory the daemon imported rangefs from.
+_CODE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class _Job:
@@ -87,9 +91,17 @@ class _Worker:
         for end in (ours, theirs):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
-        command = [sys.executable, "-m", "rangefs.remote.fetchworker", str(theirs.fileno())]
+        # -P: not the working directory first on sys.path (``-m`` puts it there), where anyone who can write it
+        # could plant a ``rangefs`` package; the worker imports the daemon's own, from where the daemon did.
+        command = [sys.executable, "-P", "-m", "rangefs.remote.fetchworker", str(theirs.fileno())]
+        environment = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, (_CODE_ROOT, os.environ.get("PYTHONPATH")))),
+        }
         try:
-            process = await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+            process = await trio.lowlevel.open_process(
+                command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=environment
+            )
         finally:
             theirs.close()
         self.pid = process.pid
