@@ -26,7 +26,7 @@ import pytest
 import trio
 
 from rangefs.config import MountSettings
-from rangefs.errors import RangesUnsupported, RemoteChanged, RemoteError, RemoteStatusError
+from rangefs.errors import RangesUnsupported, RemoteChanged, RemoteError, RemoteStatusError, RemoteUnreachable
 from rangefs.ranges import ByteRange
 from rangefs.remote import FetchStopped, RemoteClient, frames
 from rangefs.remote.frames import FrameReader, FrameWriter, Kind
@@ -315,6 +315,25 @@ def test_a_worker_runs_the_daemon_s_own_code_not_a_package_in_its_working_direct
 
     trio.run(main)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("in_worker", [True, False], ids=["worker", "daemon"])
+def test_a_deadline_in_a_worker_names_how_far_the_attempt_got(origin: Origin, in_worker: bool) -> None:
+    """The deadline is the daemon's, the attempt the worker's: what it learnt (connected, no answer yet)
+    must reach the daemon before the deadline ends it, for the cause the log and the reader's EIO show."""
+    data = pattern_bytes(1 * MiB, seed=18)
+    url = origin.add("/stuck.bin", data)
+
+    async def main() -> None:
+        async with client_with_workers(MountSettings(timeout=1.0)) as client:
+            if not in_worker:
+                client.workers = None
+            metadata = await client.probe(url)
+            origin.faults["/stuck.bin"] = faults.slow_first_byte(3.0)
+            with pytest.raises(RemoteUnreachable, match="accepted the connection but sent no answer within 1 s"):
+                await client.fetch(metadata, ByteRange(0, len(data)), demand=False)
+
+    trio.run(main)
 
 
 # The TLS stream.

@@ -23,6 +23,7 @@ from rangefs.remote.frames import (
     FrameWriter,
     Job,
     Kind,
+    Progress,
     encode_failure,
     pickled,
     unpickled_job,
@@ -37,6 +38,30 @@ log = logging.getLogger("rangefs.fetchworker")
 _QUEUED_CHUNKS = 64
 # A frame takes what is queued up to about this many bytes.
 _FRAME_TARGET = 1024 * 1024
+
+
+class _ReportedAttempt(Attempt):
+    """An Attempt whose changes wake the task that reports them to the daemon (``changed``)."""
+
+    changed: trio.Event
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "changed", trio.Event())
+        super().__init__()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        self.changed.set()
+
+    async def report(self, writer: FrameWriter, number: int) -> None:
+        """Send what the attempt learnt each time it changed, until cancelled."""
+        while True:
+            await self.changed.wait()
+            object.__setattr__(self, "changed", trio.Event())
+            connecting_for = trio.current_time() - self.connecting_since if self.connecting else 0.0
+            await writer.send(
+                Kind.PROGRESS, number, pickled(Progress(self.connecting, connecting_for, self.host, self.answered))
+            )
 
 
 async def serve(sock: trio.socket.SocketType) -> None:
@@ -66,7 +91,7 @@ async def _run(  # noqa: PLR0917
     scope: trio.CancelScope,
     scopes: dict[int, trio.CancelScope],
 ) -> None:
-    attempt = Attempt()
+    attempt = _ReportedAttempt()
     try:
         with scope:
             try:
@@ -87,7 +112,7 @@ async def _run(  # noqa: PLR0917
         del scopes[number]
 
 
-async def _fetch(client: RemoteClient, writer: FrameWriter, number: int, job: Job, attempt: Attempt) -> None:
+async def _fetch(client: RemoteClient, writer: FrameWriter, number: int, job: Job, attempt: _ReportedAttempt) -> None:
     """The body to the daemon as it arrives. What arrives while a frame is being sent goes in the next one,
     so the daemon gets a few large frames when it is busy and small ones (the first bytes early) when not."""
     send, receive = trio.open_memory_channel[bytes](_QUEUED_CHUNKS)
@@ -106,15 +131,18 @@ async def _fetch(client: RemoteClient, writer: FrameWriter, number: int, job: Jo
                 await writer.send(Kind.DATA, number, *pieces)
 
     failed: RemoteError | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(forward)
-        async with send:
-            try:
-                async with aclosing(client.range_body(job.metadata, job.wanted, job, attempt)) as body:
-                    async for chunk in body:
-                        await send.send(chunk)
-            except RemoteError as error:  # raised once what came before it is forwarded
-                failed = error
+    async with trio.open_nursery() as reporting:
+        reporting.start_soon(attempt.report, writer, number)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward)
+            async with send:
+                try:
+                    async with aclosing(client.range_body(job.metadata, job.wanted, job, attempt)) as body:
+                        async for chunk in body:
+                            await send.send(chunk)
+                except RemoteError as error:  # raised once what came before it is forwarded
+                    failed = error
+        reporting.cancel_scope.cancel()  # DONE or FAIL says the rest
     if failed is not None:
         raise failed
 

@@ -46,6 +46,7 @@ class Kind(enum.IntEnum):
     DATA = 4  # worker -> daemon: the next bytes of the job's body
     DONE = 5  # worker -> daemon: the whole range arrived
     FAIL = 6  # worker -> daemon: payload a pickled encoded error and what the attempt learnt
+    PROGRESS = 7  # worker -> daemon: payload a pickled Progress, what the job's attempt learnt so far
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,17 @@ class Job:
     wanted: ByteRange
     url: str
     headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a running job's attempt learnt so far (sender.Attempt's fields): the daemon's deadline may end it
+    any time, and its message and the host breaker go by how far the attempt got."""
+
+    connecting: str | None
+    connecting_for: float  # seconds, as of sending: the two processes' trio clocks differ
+    host: str | None
+    answered: bool
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,7 @@ def decode_failure(failure: Failure) -> RemoteError:
     return cls(failure.url, failure.cause)
 
 
-def pickled(value: Job | Failure | MountSettings) -> bytes:
+def pickled(value: Job | Failure | Progress | MountSettings) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -123,6 +135,10 @@ def unpickled_job(payload: bytes) -> Job:
 
 def unpickled_failure(payload: bytes) -> Failure:
     return cast("Failure", pickle.loads(payload))
+
+
+def unpickled_progress(payload: bytes) -> Progress:
+    return cast("Progress", pickle.loads(payload))
 
 
 def unpickled_settings(payload: bytes) -> MountSettings:

@@ -30,7 +30,16 @@ import trio
 
 from rangefs.config import MountSettings
 from rangefs.errors import RemoteUnreachable
-from rangefs.remote.frames import FrameReader, FrameWriter, Job, Kind, decode_failure, pickled, unpickled_failure
+from rangefs.remote.frames import (
+    FrameReader,
+    FrameWriter,
+    Job,
+    Kind,
+    decode_failure,
+    pickled,
+    unpickled_failure,
+    unpickled_progress,
+)
 from rangefs.remote.sender import Attempt
 
 log = logging.getLogger(__name__)
@@ -133,12 +142,18 @@ class _Worker:
                 continue
             if kind == Kind.DATA:
                 job.deliver(payload)
+            elif kind == Kind.PROGRESS:
+                progress = unpickled_progress(bytes(payload))
+                job.attempt.connecting = progress.connecting
+                job.attempt.connecting_since = trio.current_time() - progress.connecting_for
+                job.attempt.host, job.attempt.answered = progress.host, progress.answered
             elif kind == Kind.DONE:
                 job.end(None, running=False)
             elif kind == Kind.FAIL:
                 failure = unpickled_failure(bytes(payload))
                 job.attempt.host_down = job.attempt.host_down or failure.host_down
                 job.attempt.host, job.attempt.answered = failure.host, failure.answered
+                job.attempt.connecting = None  # as the sender leaves it after any failure
                 job.end(decode_failure(failure), running=False)
 
 
