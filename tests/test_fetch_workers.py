@@ -15,6 +15,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -505,5 +506,35 @@ def test_a_cancelled_send_to_a_peer_that_reads_nothing_ends_the_stream(monkeypat
                 await writer.send(Kind.DATA, 2, b"after")
             with trio.fail_after(10):
                 assert await FrameReader(theirs).next() is None  # the first frame's payload never completes
+
+    trio.run(main)
+
+
+_NONSENSE_WORKER = """
+import os, struct, sys, time
+fd = int(sys.argv[1])
+os.write(fd, struct.pack("<BII", 1, 0, 0))  # READY
+time.sleep(0.3)
+os.write(fd, struct.pack("<BII", 4, 1, 2**31))  # a DATA frame of 2 GiB: past any bound
+time.sleep(30)
+"""
+
+
+def test_a_worker_that_talks_nonsense_fails_its_job_not_the_pool(origin: Origin) -> None:
+    data = pattern_bytes(MiB, seed=14)
+    url = origin.add("/n.bin", data)
+    program = (sys.executable, "-c", _NONSENSE_WORKER)
+
+    async def main() -> None:
+        settings = MountSettings(timeout=10.0)
+        pool = FetchWorkers.running(settings, 1, schemes=("http",), program=program)
+        async with RemoteClient(settings) as client, pool as workers:
+            client.workers = workers
+            workers.start()
+            await wait_until(lambda: workers.ready, timeout=30)
+            metadata = await client.probe(url)
+            # The job fails with the worker; its retries run in the daemon or a restarted worker: right bytes.
+            assert await client.fetch(metadata, ByteRange(0, len(data)), demand=False) == data
+            await wait_until(lambda: workers.restarts >= 1, timeout=30)
 
     trio.run(main)

@@ -21,7 +21,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import cast
@@ -48,6 +48,12 @@ log = logging.getLogger(__name__)
 _SOCKET_BUFFER = 4 * 1024 * 1024
 # A worker that ended unexpectedly is started again at most this many times in the life of a pool.
 _RESTARTS = 3
+# Job numbers go round within the wire's 32 bits (0 is no job's).
+_JOB_NUMBERS = 2**32 - 1
+# A worker's command line (its socket's descriptor is added). -P: not the working directory first on sys.path
+# (``-m`` puts it there), where anyone who can write it could plant a ``rangefs`` package; the worker imports
+# the daemon's own, from where the daemon did (PYTHONPATH, below).
+WORKER_PROGRAM = (sys.executable, "-P", "-m", "rangefs.remote.fetchworker")
 # Seconds a stopping worker gets to end on its own once its socket is closed, before it is killed.
 _STOP_GRACE = 2.0
 # The directory the daemon imported rangefs from.
@@ -84,8 +90,9 @@ class _Job:
 class _Worker:
     """One worker process and the daemon's end of its socket."""
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, program: Sequence[str] = WORKER_PROGRAM) -> None:
         self.number = number
+        self.program = program  # the worker's command line, to which the socket's descriptor is added
         self.writer: FrameWriter | None = None  # set once the worker said it is ready
         self.jobs: dict[int, _Job] = {}
         self.pid: int | None = None
@@ -100,9 +107,7 @@ class _Worker:
         for end in (ours, theirs):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
-        # -P: not the working directory first on sys.path (``-m`` puts it there), where anyone who can write it
-        # could plant a ``rangefs`` package; the worker imports the daemon's own, from where the daemon did.
-        command = [sys.executable, "-P", "-m", "rangefs.remote.fetchworker", str(theirs.fileno())]
+        command = [*self.program, str(theirs.fileno())]
         environment = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, (_CODE_ROOT, os.environ.get("PYTHONPATH")))),
@@ -168,8 +173,10 @@ class FetchWorkers:
     """A pool of fetch worker processes; ``fetch`` runs one attempt at a range in the least busy of them.
     ``takes`` says which URLs the pool is for (by scheme)."""
 
-    def __init__(self, count: int, schemes: tuple[str, ...] = DEFAULT_SCHEMES) -> None:
-        self._workers = [_Worker(number) for number in range(count)]
+    def __init__(
+        self, count: int, schemes: tuple[str, ...] = DEFAULT_SCHEMES, program: Sequence[str] = WORKER_PROGRAM
+    ) -> None:
+        self._workers = [_Worker(number, program) for number in range(count)]
         self._prefixes = tuple(f"{scheme}://" for scheme in schemes)
         # Set by the first URL the pool is for: a mount of plain-HTTP files never starts a process.
         self._wanted = trio.Event()
@@ -203,11 +210,15 @@ class FetchWorkers:
     @classmethod
     @asynccontextmanager
     async def running(
-        cls, settings: MountSettings, count: int, schemes: tuple[str, ...] = DEFAULT_SCHEMES
+        cls,
+        settings: MountSettings,
+        count: int,
+        schemes: tuple[str, ...] = DEFAULT_SCHEMES,
+        program: Sequence[str] = WORKER_PROGRAM,
     ) -> AsyncIterator[FetchWorkers]:
         """``count`` workers for URLs of ``schemes``, started in the background once ``takes`` is asked about
         such a URL (or ``start`` is called), and stopped at exit."""
-        pool = cls(count, schemes)
+        pool = cls(count, schemes, program)
         async with trio.open_nursery() as nursery:
             for worker in pool._workers:
                 nursery.start_soon(pool._keep_running, worker, settings)
@@ -226,7 +237,7 @@ class FetchWorkers:
             try:
                 await worker.run(settings)
                 cause = "it ended"
-            except OSError as error:
+            except Exception as error:  # a broken pipe, or a worker that talked nonsense: never the mount's end
                 cause = f"{type(error).__name__}: {error}"
             if self.restarts >= _RESTARTS:
                 log.warning("fetch worker %d stopped (%s); fetching in the daemon from now on", worker.number, cause)
@@ -243,12 +254,12 @@ class FetchWorkers:
             raise RemoteUnreachable(job.metadata.url, "no fetch worker process is running")
         worker = min(ready, key=lambda candidate: len(candidate.jobs))
         writer = cast("FrameWriter", worker.writer)
-        number = next(self._numbers)
+        number = (next(self._numbers) - 1) % _JOB_NUMBERS + 1  # within the wire's 32 bits; older jobs are long gone
         waiting = worker.jobs[number] = _Job(job.metadata.url, arrived, attempt)
         try:
             await writer.send(Kind.START, number, pickled(job))
             await waiting.ended.wait()
-        except OSError:
+        except (OSError, trio.ClosedResourceError):  # the socket broke, or closed under the send
             waiting.end(RemoteUnreachable(job.metadata.url, "its fetch worker process ended"), running=False)
         finally:
             del worker.jobs[number]
