@@ -621,7 +621,11 @@ class RangefsMachine(RuleBasedStateMachine):
         await slot.bundle.crash()
         self.graveyard.append(slot.bundle)
         self._check_engine(slot.bundle)
-        blocks = sorted(p for p in (self.cache_dir / "blocks").glob("*/*/*") if not p.name.startswith("."))
+        # BlockCache's piece files (pieces/ab/OBJECT/START+LENGTH), asserted so that a change of the layout cannot
+        # silently make crashes damage nothing (this once looked in 0.1's "blocks" directory, in vain).
+        pieces = self.cache_dir / "pieces"
+        assert pieces.is_dir(), f"no {pieces}: the cache layout changed, and crashes would damage nothing"
+        blocks = sorted(p for p in pieces.glob("*/*/*") if not p.name.startswith("."))
         if damage and blocks:
             self.damaged = True
             victim = blocks[pick % len(blocks)]
