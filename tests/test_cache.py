@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rangefs.cache import BlockCache, PieceKey
+from rangefs.cache import store as store_module
 from rangefs.cache.blockfile import CHUNK_SIZE, header_size
 from rangefs.cache.store import disk_size
 from tests.origin import pattern_bytes
@@ -200,6 +201,36 @@ def test_reconcile_does_not_adopt_pieces_evicted_after_the_scan(tmp_path: Path) 
     assert index is not None
     index.reconcile(scanned, None, starting._exists)
     assert starting.usage() == 0
+
+
+@pytest.mark.parametrize("vanished", ["piece", "object directory"])
+def test_pieces_another_mount_evicts_during_the_scan_leave_the_cache_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vanished: str
+) -> None:
+    """12: a piece evicted by another mount between the scan's scandir and its stat (FileNotFoundError) made
+    the starting mount run with no cache at all; so did a directory removed between two levels of the scan."""
+    running = opened(tmp_path)
+    other = "cd" * 32
+    for index in range(2):
+        assert running.write(block(index), memoryview(SMALL), {})
+    assert running.write(block(0, object_id=other), memoryview(SMALL), {})
+    listed = store_module._entries
+
+    def listing_then_evicting(path: str | Path) -> list[os.DirEntry[str]]:
+        entries = listed(path)
+        if Path(path).name == OBJECT[:2] and vanished == "object directory":
+            assert running.drop_object(OBJECT) == 2  # the other mount, right after this listing
+        elif Path(path).name == OBJECT and vanished == "piece":
+            assert running.prune(2 * SMALL_DISK) == 1  # its LRU piece: block 0 of OBJECT
+        return entries
+
+    monkeypatch.setattr(store_module, "_entries", listing_then_evicting)
+    starting = BlockCache(tmp_path)
+    assert starting.open() is None, "the cache stays usable"
+    kept = {key for key in (block(0), block(1), block(0, object_id=other)) if starting.contains(key)}
+    assert kept == ({block(1), block(0, object_id=other)} if vanished == "piece" else {block(0, object_id=other)})
+    assert starting.usage() == len(kept) * SMALL_DISK
+    assert starting.read(block(0, object_id=other), 0, 10) == SMALL[:10]
 
 
 @pytest.fixture
