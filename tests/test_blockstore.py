@@ -20,7 +20,7 @@ from rangefs.blocks.writer import CacheWriter
 from rangefs.cache import BlockCache, PieceKey
 from rangefs.config import Entry
 from rangefs.engine import FileEngine
-from rangefs.errors import RangesUnsupported, RemoteError
+from rangefs.errors import InvalidResponse, RangesUnsupported, RemoteError
 from rangefs.ranges import ByteRange
 from rangefs.readahead import ReadaheadConfig
 from rangefs.readahead.prefetcher import Prefetcher
@@ -145,24 +145,48 @@ def test_a_cache_that_raises_between_registering_and_fetching_strands_no_reader(
 @pytest.mark.parametrize("entry", ["demand read", "prefetch reservation"])
 def test_a_cache_lookup_that_raises_while_registering_strands_no_reader(tmp_path: Path, entry: str) -> None:
     """Found reading the code after the model test's path-7 class: registering interleaved with the cache
-    lookups, so a lookup raising on block 1 left block 0 registered by nobody's fetch."""
-    source = MemorySource(pattern_bytes(4 * 64 * KiB, seed=4))
+    lookups, so a lookup raising on block 1 left block 0 registered by nobody's fetch.
+
+    Blocks of 128 KiB, not the 64 KiB of INDEX_PIECE: a block of that size is also the index piece that
+    start_fetches looks for before registering anything, so the lookup would raise before the registrations
+    this test is about, and the test could not fail."""
+    block = 128 * KiB
+    source = MemorySource(pattern_bytes(4 * block, seed=4))
     cache = FailingCache(tmp_path / "cache")
     assert cache.open() is None
-    cache.fail_key, cache.fail_contains = PieceKey(source.object_id, 64 * KiB, 64 * KiB), True
+    cache.fail_key, cache.fail_contains = PieceKey(source.object_id, block, block), True
 
     async def test(store: BlockStore) -> None:
         with pytest.raises(RuntimeError):
             if entry == "demand read":
-                store.start_fetches(source, ByteRange(0, 128 * KiB), demand=True)
+                store.start_fetches(source, ByteRange(0, 2 * block), demand=True)
             else:
                 store.reserve(source, range(2))
         assert len(store.in_flight) == 0, "nothing registered that no fetch owns"
         cache.fail_key = None
         with trio.fail_after(2):
-            assert await store.read(source, 0, 128 * KiB) == source.data[: 128 * KiB]
+            assert await store.read(source, 0, 2 * block) == source.data[: 2 * block]
 
-    trio.run(_with_store, cache, 64 * KiB, test)
+    trio.run(_with_store, cache, block, test)
+
+
+def test_dropping_a_version_purges_it_from_memory_and_disk(tmp_path: Path) -> None:
+    """4: 0.1 left a replaced version's blocks in the memory tier, from which a handle still open on that
+    version refilled the kernel's page cache. A version change must purge every tier."""
+    source = MemorySource(pattern_bytes(2 * 64 * KiB, seed=10))
+
+    async def test(store: BlockStore) -> None:
+        assert await store.read(source, 0, source.size) == source.data
+        await store.wait_idle()  # on disk too
+        keys = [store.block_key(source, index) for index in range(2)]
+        assert all(store.memory.contains(key) and store.cache.contains(key) for key in keys)
+        assert store.drop_object(source.object_id) == 4, "two blocks from memory, two from disk"
+        assert not any(store.memory.contains(key) or store.cache.contains(key) for key in keys)
+        fetched = len(source.fetches)
+        assert await store.read(source, 0, 100) == source.data[:100]
+        assert len(source.fetches) == fetched + 1, "from no tier: fetched again"
+
+    trio.run(_with_store, _cache(tmp_path), 64 * KiB, test)
 
 
 def test_a_range_fetch_answered_whole_hands_its_readers_to_one_stream(tmp_path: Path) -> None:
@@ -221,6 +245,11 @@ def test_a_stream_longer_than_announced_is_an_error_not_data(tmp_path: Path) -> 
         # Every block completes before the extra bytes arrive, so readers get the right bytes; a reader
         # whose block would need more than the announced size gets an error.
         assert await store.read(source, 0, source.size) == source.data
+        # Extra bytes that arrive with the last block's: the body is not the version probed, so its bytes
+        # are an error, not data (a StreamOverrun, with the URL).
+        source.object_id, source.chunk = "d" * 64, source.size + len(source.extra_at_end)
+        with pytest.raises(InvalidResponse, match="memory:f: the server sent more than the 196608 bytes"):
+            await store.read(source, source.size - 100, 100)
         source.data = source.data[:-10]  # the server now sends less than the size probed
         source.object_id = "e" * 64
         source.extra_at_end = b""

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path, PurePosixPath
 
 import trio
 
 from rangefs.blocks import BlockStore
 from rangefs.cache import BlockCache
-from rangefs.config import Entry
+from rangefs.config import Entry, MountSettings
 from rangefs.engine import FileEngine
+from rangefs.errors import RemoteChanged
 from rangefs.readahead.prefetcher import Prefetcher
 from rangefs.remote import RemoteClient
+from rangefs.stack import running_engine
+from tests import faults
 from tests.origin import Origin, pattern_bytes
 
 MiB = 1024 * 1024
@@ -75,3 +79,49 @@ async def _add_at_run_time(origin: Origin, cache_dir: Path) -> None:
 
 def test_engine_adds_files_at_run_time_and_prefetches_on_request(origin: Origin, tmp_path: Path) -> None:
     trio.run(_add_at_run_time, origin, tmp_path)
+
+
+async def _read_across_a_version_change(origin: Origin, cache_dir: Path) -> None:
+    old, new = pattern_bytes(2 * MiB, seed=21), pattern_bytes(2 * MiB, seed=22)
+    url = origin.add("/pinned.bin", old)
+    gate = threading.Event()
+    settings = MountSettings(revalidate_after=0.0, timeout=10.0, max_readahead=0, format_prefetch=False)
+    cache = BlockCache(cache_dir)
+    assert cache.open() is None
+    try:
+        async with running_engine([Entry(PurePosixPath("pinned.bin"), url, 1)], settings, cache) as engine:
+            await engine.run_probes()
+            pinned = await engine.open(0)
+            # The old version's first block is on its way (1000 bytes in, the rest held back) when the file
+            # changes and another open finds the new version.
+            origin.faults["/pinned.bin"] = faults.only(("GET",), faults.stall_after(1000, gate))
+            outcome: list[bytes | BaseException] = []
+
+            async def read_old() -> None:
+                try:
+                    outcome.append(await engine.read(pinned, 0, 4096))
+                except RemoteChanged as error:
+                    outcome.append(error)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_old)
+                with trio.fail_after(10):
+                    while not origin.requests_for("/pinned.bin"):
+                        await trio.sleep(0.005)
+                origin.add("/pinned.bin", new)
+                del origin.faults["/pinned.bin"]
+                fresh = await engine.open(0)  # revalidates: a new version, the old one dropped
+                gate.set()  # the old bytes arrive, correct for the version the first handle pinned
+            assert isinstance(outcome[0], RemoteChanged), "not the old version's bytes once it was replaced"
+            assert await engine.read(fresh, 0, 4096) == new[:4096]
+            engine.release(pinned)
+            engine.release(fresh)
+    finally:
+        gate.set()
+        cache.close()
+
+
+def test_a_read_whose_version_was_replaced_while_it_waited_fails(origin: Origin, tmp_path: Path) -> None:
+    """4: bytes of a replaced version that arrive for a handle pinned to it must not reach the reader, or the
+    kernel's page cache, where a handle of the new version would find them: the read fails (EIO)."""
+    trio.run(_read_across_a_version_change, origin, tmp_path)
