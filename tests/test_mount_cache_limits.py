@@ -104,14 +104,17 @@ def test_kill_minus_nine_never_leaves_a_wrong_byte(origin: Origin, mount_factory
                 name = local.choice(paths)
                 data = files[name]
                 offset = local.randrange(len(data))
+                wanted = data[offset : offset + local.choice([4096, 300_000, 2 * MiB])]
                 try:
-                    got = read_direct(mounted.path / name.lstrip("/"), offset, local.choice([4096, 300_000, 2 * MiB]))
+                    got = read_direct(mounted.path / name.lstrip("/"), offset, len(wanted))
                 except OSError as error:
                     if not killed.is_set():  # an error while the daemon is alive is a failure, not its death
                         failures.append(f"{name}@{offset}: {error} before the kill")
                     return
                 if got != data[offset : offset + len(got)]:
                     failures.append(f"{name}@{offset}: a wrong byte was served")
+                elif len(got) < len(wanted) and not killed.is_set():  # a read cut short by the kill may be
+                    failures.append(f"{name}@{offset}: {len(got)} of {len(wanted)} bytes before the kill")
 
         readers = [threading.Thread(target=hammer, args=(round_number * 10 + n,)) for n in range(4)]
         for reader in readers:
