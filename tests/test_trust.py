@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests import faults, netns
+from tests import faults, media, netns
 from tests.conftest import MountFactory
 from tests.mounting import read_direct
-from tests.origin import Origin, pattern_bytes
+from tests.origin import Origin, OriginHandler, ServedFile, pattern_bytes
 
 MiB = 1024 * 1024
 
@@ -50,6 +52,51 @@ def test_an_open_after_a_change_sees_the_new_version_by_default(origin: Origin, 
     assert _read(mounted.path / "c2o.bin") == new
 
 
+def test_an_open_revalidates_with_one_head_and_only_after_revalidate_after(
+    origin: Origin, mount_factory: MountFactory
+) -> None:
+    """Close-to-open without slow opens: an open within --revalidate-after of the last validation sends
+    nothing; a later one sends one HEAD, and the unchanged file's bytes still come from the cache."""
+    data = pattern_bytes(2 * MiB, seed=94)
+    url = origin.add("/fresh.bin", data)
+    mounted = mount_factory([url], "--revalidate-after", "2")
+    path = mounted.path / "fresh.bin"
+    assert read_direct(path, 0, len(data)) == data
+    origin.clear_log()
+    assert read_direct(path, MiB, 4096) == data[MiB : MiB + 4096]  # an open within 2 s of that one's
+    assert origin.requests == [], "within --revalidate-after an open sends nothing"
+    time.sleep(2.2)
+    assert read_direct(path, MiB, 4096) == data[MiB : MiB + 4096]
+    assert [record.method for record in origin.requests] == ["HEAD"], "one HEAD; the blocks are still good"
+
+
+def test_a_late_open_of_a_zip_revalidates_alongside_its_index_fetch(
+    origin: Origin, mount_factory: MountFactory
+) -> None:
+    """Close-to-open costs a late open no round trip of its own where it has a first fetch: the HEAD that
+    revalidates a zip is answered only once the fetch of its directory has reached the origin."""
+    archive = media.make_zip(200)
+    url = origin.add("/late.zip", archive)
+    mounted = mount_factory([url])
+    path = mounted.path / "late.zip"
+    assert path.stat().st_size == len(archive)  # probed, not opened: its index is not planned yet
+    fetch_arrived = threading.Event()
+    head_released_by_fetch: list[bool] = []
+
+    def hold_head_until_a_get(handler: OriginHandler, served: ServedFile | None) -> bool:
+        if handler.command == "GET":
+            fetch_arrived.set()
+        elif handler.command == "HEAD":
+            head_released_by_fetch.append(fetch_arrived.wait(5))
+        return False
+
+    time.sleep(1.2)  # past --revalidate-after (1 s): the open revalidates
+    origin.faults["/late.zip"] = hold_head_until_a_get
+    with zipfile.ZipFile(path) as opened:
+        assert len(opened.namelist()) == 200
+    assert head_released_by_fetch == [True], "the index fetch went out while the HEAD was under way"
+
+
 def test_weak_etag_only_origin_change_is_seen(origin: Origin, mount_factory: MountFactory) -> None:
     """2: an origin with only a weak ETag (no Last-Modified): 0.1 kept serving the old bytes from the cache."""
     old, new = pattern_bytes(2 * MiB, seed=84), pattern_bytes(2 * MiB, seed=85)
@@ -60,6 +107,34 @@ def test_weak_etag_only_origin_change_is_seen(origin: Origin, mount_factory: Mou
     origin.add("/weak.bin", new, last_modified=False)
     origin.files["/weak.bin"].etag = 'W/"two"'
     assert _read(mounted.path / "weak.bin") == new
+
+
+def test_a_206_of_a_newer_version_behind_a_proxy_that_ignores_if_range_is_eio(
+    origin: Origin, mount_factory: MountFactory
+) -> None:
+    """3: an origin or proxy that ignores If-Range answered 206 from the new version, and those bytes were
+    mixed into reads of the version a handle had pinned (and cached under its object id)."""
+    old, new = pattern_bytes(3 * MiB, seed=95), pattern_bytes(3 * MiB, seed=96)
+    url = origin.add("/proxied.bin", old)
+
+    def ignore_if_range(handler: OriginHandler, served: ServedFile | None) -> bool:
+        del handler.headers["If-Range"]  # then answered as usual: a 206 of whatever the origin holds now
+        return False
+
+    origin.faults["/proxied.bin"] = ignore_if_range
+    mounted = mount_factory([url], "--max-readahead", "0")
+    mounted.allowed_log_patterns.append("read of .* failed: the file changed")
+    fd = os.open(mounted.path / "proxied.bin", os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert os.pread(fd, 4096, 0) == old[:4096]
+        origin.add("/proxied.bin", new)  # same size: only the validators tell
+        with pytest.raises(OSError) as raised:
+            os.pread(fd, 4096, 2 * MiB)
+        assert raised.value.errno == 5
+    finally:
+        os.close(fd)
+    assert f"read of {url} failed: the file changed: a range of another version (ETag changed" in mounted.log_text()
+    assert read_direct(mounted.path / "proxied.bin", 2 * MiB, 4096) == new[2 * MiB : 2 * MiB + 4096]
 
 
 def test_handles_of_a_replaced_version_cannot_refill_the_kernel_cache(
