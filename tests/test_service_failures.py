@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -18,6 +20,7 @@ import trio
 
 from rangefs.cache import BlockCache, PieceKey
 from rangefs.config import Entry, MountSettings
+from rangefs.engine import FileEngine
 from rangefs.stack import running_engine
 from tests import faults
 from tests.origin import Origin, pattern_bytes
@@ -55,8 +58,12 @@ def _cache(tmp_path: Path) -> BrokenCache:
     return cache
 
 
-def _entries(url: str) -> list[Entry]:
-    return [Entry(PurePosixPath("f.bin"), url, 1)]
+@asynccontextmanager
+async def _probed_engine(url: str, cache: BrokenCache) -> AsyncIterator[FileEngine]:
+    """The mount's engine stack over one file, its probe done."""
+    async with running_engine([Entry(PurePosixPath("f.bin"), url, 1)], SETTINGS, cache) as engine:
+        await engine.run_probes()
+        yield engine
 
 
 def test_a_cache_write_that_fails_to_record_costs_the_entry_not_the_fetch(
@@ -69,8 +76,7 @@ def test_a_cache_write_that_fails_to_record_costs_the_entry_not_the_fetch(
     cache = _cache(tmp_path)
 
     async def main() -> None:
-        async with running_engine(_entries(url), SETTINGS, cache) as engine:
-            await engine.run_probes()
+        async with _probed_engine(url, cache) as engine:
             cache.broken = "record"
             handle = await engine.open(0)
             assert await engine.read(handle, 0, len(data)) == data
@@ -95,8 +101,7 @@ def test_a_failure_to_drop_the_old_version_does_not_fail_the_probe_that_found_th
     cache = _cache(tmp_path)
 
     async def main() -> None:
-        async with running_engine(_entries(url), SETTINGS, cache) as engine:
-            await engine.run_probes()
+        async with _probed_engine(url, cache) as engine:
             handle = await engine.open(0)
             assert await engine.read(handle, 0, len(old)) == old
             engine.release(handle)
@@ -121,8 +126,7 @@ def test_a_failure_to_store_what_a_fetch_learnt_does_not_fail_the_fetch(origin: 
     cache = _cache(tmp_path)
 
     async def main() -> None:
-        async with running_engine(_entries(url), SETTINGS, cache) as engine:
-            await engine.run_probes()
+        async with _probed_engine(url, cache) as engine:
             handle = await engine.open(0)
             origin.faults["/whole.bin"] = faults.whole_file  # from now on 200 with the whole file
             cache.broken = "put_records"
