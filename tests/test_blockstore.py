@@ -189,6 +189,28 @@ def test_dropping_a_version_purges_it_from_memory_and_disk(tmp_path: Path) -> No
     trio.run(_with_store, _cache(tmp_path), 64 * KiB, test)
 
 
+def test_a_reservation_the_closing_mount_refuses_strands_no_reader(tmp_path: Path) -> None:
+    """7: a reservation registered its blocks and then asked the service nursery to read the cached ones ahead;
+    with the nursery closing (an unmount) that raised, and the blocks stayed registered with no owner."""
+    source = MemorySource(pattern_bytes(2 * 64 * KiB, seed=11))
+    cache = _cache(tmp_path)
+
+    async def fill(store: BlockStore) -> None:
+        assert await store.read(source, 64 * KiB, 64 * KiB) == source.data[64 * KiB :]  # block 1 on disk
+        await store.wait_idle()
+
+    trio.run(_with_store, cache, 64 * KiB, fill)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            store = BlockStore(_cache(tmp_path), block_size=64 * KiB, max_request_size=64 * KiB, nursery=nursery)
+        with pytest.raises(RuntimeError, match="closed"):  # block 0 to fetch, block 1 to read ahead on disk
+            store.reserve(source, range(2))
+        assert len(store.in_flight) == 0, "nothing registered that no fetch owns"
+
+    trio.run(main)
+
+
 def test_a_range_fetch_answered_whole_hands_its_readers_to_one_stream(tmp_path: Path) -> None:
     source = MemorySource(pattern_bytes(10 * 64 * KiB + 3, seed=3), ranges=False)
 

@@ -358,9 +358,12 @@ class BlockStore:
             return []  # a stream brings every block anyway
         keys = [self.block_key(source, index) for index in indices]
         absent = [key for key in keys if not self.is_at_hand(key)]  # every lookup first, as in start_fetches
-        reserved = [(key, self.in_flight.register(key, _RESERVED)) for key in absent]
-        self._read_ahead_on_disk([key for key in keys if key not in self.in_flight and not self.memory.contains(key)])
-        return reserved
+        # The hint before the registrations: it starts a task, which a closing nursery refuses, and blocks
+        # registered before that would be owned by nobody (their readers would wait forever).
+        missing = set(absent)
+        on_disk = [k for k in keys if k not in missing and k not in self.in_flight and not self.memory.contains(k)]
+        self._read_ahead_on_disk(on_disk)
+        return [(key, self.in_flight.register(key, _RESERVED)) for key in absent]
 
     def _read_ahead_on_disk(self, keys: list[PieceKey]) -> None:
         """The kernel starts reading the cached pieces a prefetch found on disk, in a thread: read on the event
