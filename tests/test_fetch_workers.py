@@ -17,7 +17,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -32,7 +32,7 @@ from rangefs.ranges import ByteRange
 from rangefs.remote import FetchStopped, RemoteClient, frames
 from rangefs.remote.frames import FrameReader, FrameWriter, Kind
 from rangefs.remote.transport import LargeReadBackend
-from rangefs.remote.workers import FetchWorkers
+from rangefs.remote.workers import WORKER_PROGRAM, FetchWorkers
 from tests import faults, tls
 from tests.conftest import MountFactory
 from tests.origin import Origin, pattern_bytes
@@ -42,14 +42,14 @@ MiB = 1024 * 1024
 
 
 @asynccontextmanager
-async def client_with_workers(settings: MountSettings, count: int = 1) -> AsyncIterator[RemoteClient]:
-    pool = FetchWorkers.running(settings, count, schemes=("http", "https"))
+async def client_with_workers(
+    settings: MountSettings, count: int = 1, program: Sequence[str] = WORKER_PROGRAM
+) -> AsyncIterator[RemoteClient]:
+    pool = FetchWorkers.running(settings, count, schemes=("http", "https"), program=program)
     async with RemoteClient(settings) as client, pool as workers:
         client.workers = workers
         workers.start()
-        with trio.fail_after(30):
-            while not workers.ready:
-                await trio.sleep(0.01)
+        await wait_until(lambda: workers.ready, timeout=30)
         yield client
 
 
@@ -156,9 +156,7 @@ def test_a_worker_killed_mid_fetch_costs_a_retry_not_a_wrong_byte(origin: Origin
                 os.kill(workers.pids[0], signal.SIGKILL)
             assert bytes(received) == data
             assert client.statistics().retries >= 1
-            with trio.fail_after(30):  # started again
-                while not workers.ready:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: workers.ready, timeout=30)  # started again
             assert workers.restarts == 1
             assert await client.fetch(metadata, ByteRange(0, 100), demand=False) == data[:100]
 
@@ -226,9 +224,7 @@ def test_workers_end_with_their_pool() -> None:
         settings = MountSettings()
         async with FetchWorkers.running(settings, 2) as workers:
             workers.start()
-            with trio.fail_after(30):
-                while len(workers.pids) < 2 or not workers.ready:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: len(workers.pids) == 2 and workers.ready, timeout=30)
             return workers.pids
 
     for pid in trio.run(main):
@@ -526,15 +522,10 @@ def test_a_worker_that_talks_nonsense_fails_its_job_not_the_pool(origin: Origin)
     program = (sys.executable, "-c", _NONSENSE_WORKER)
 
     async def main() -> None:
-        settings = MountSettings(timeout=10.0)
-        pool = FetchWorkers.running(settings, 1, schemes=("http",), program=program)
-        async with RemoteClient(settings) as client, pool as workers:
-            client.workers = workers
-            workers.start()
-            await wait_until(lambda: workers.ready, timeout=30)
+        async with client_with_workers(MountSettings(timeout=10.0), program=program) as client:
             metadata = await client.probe(url)
             # The job fails with the worker; its retries run in the daemon or a restarted worker: right bytes.
             assert await client.fetch(metadata, ByteRange(0, len(data)), demand=False) == data
-            await wait_until(lambda: workers.restarts >= 1, timeout=30)
+            await wait_until(lambda: workers_of(client).restarts >= 1, timeout=30)
 
     trio.run(main)

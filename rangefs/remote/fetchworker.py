@@ -16,6 +16,7 @@ from contextlib import aclosing
 
 import trio
 
+from rangefs.config import MountSettings
 from rangefs.errors import InvalidResponse, RemoteError
 from rangefs.remote.client import RemoteClient
 from rangefs.remote.frames import (
@@ -26,8 +27,7 @@ from rangefs.remote.frames import (
     Progress,
     encode_failure,
     pickled,
-    unpickled_job,
-    unpickled_settings,
+    unpickled,
 )
 from rangefs.remote.netrc import netrc_auth
 from rangefs.remote.sender import Attempt
@@ -69,7 +69,7 @@ async def serve(sock: trio.socket.SocketType) -> None:
     first = await reader.next()
     if first is None or first[0] != Kind.SETUP:
         return
-    settings = unpickled_settings(bytes(first[2]))
+    settings = unpickled(first[2], MountSettings)
     scopes: dict[int, trio.CancelScope] = {}
     async with RemoteClient(settings, auth=netrc_auth(os.environ)) as client, trio.open_nursery() as nursery:
         await writer.send(Kind.READY, 0)
@@ -77,7 +77,7 @@ async def serve(sock: trio.socket.SocketType) -> None:
             kind, number, payload = received
             if kind == Kind.START:
                 scope = scopes[number] = trio.CancelScope()
-                nursery.start_soon(_run, client, writer, number, unpickled_job(bytes(payload)), scope, scopes)
+                nursery.start_soon(_run, client, writer, number, unpickled(payload, Job), scope, scopes)
             elif kind == Kind.CANCEL and number in scopes:
                 scopes[number].cancel()
         nursery.cancel_scope.cancel()

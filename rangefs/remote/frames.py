@@ -14,7 +14,7 @@ import pickle
 import socket
 import struct
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar
 
 import trio
 
@@ -30,6 +30,8 @@ from rangefs.errors import (
 )
 from rangefs.ranges import ByteRange
 from rangefs.remote.metadata import RemoteMetadata
+
+T = TypeVar("T")
 
 _HEADER = struct.Struct("<BII")  # kind, job, payload length
 # Bound on one frame's payload: a worker never sends more than a socket read's worth, a job's spec is small.
@@ -129,20 +131,13 @@ def pickled(value: Job | Failure | Progress | MountSettings) -> bytes:
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def unpickled_job(payload: bytes) -> Job:
-    return cast("Job", pickle.loads(payload))  # our own process's private socket pair
-
-
-def unpickled_failure(payload: bytes) -> Failure:
-    return cast("Failure", pickle.loads(payload))
-
-
-def unpickled_progress(payload: bytes) -> Progress:
-    return cast("Progress", pickle.loads(payload))
-
-
-def unpickled_settings(payload: bytes) -> MountSettings:
-    return cast("MountSettings", pickle.loads(payload))
+def unpickled(payload: bytes | bytearray, expected: type[T]) -> T:
+    """A control payload of the ``expected`` type (pickled by our own process, on its private socket pair);
+    anything else is the peer talking nonsense (TypeError), which ends that worker, never the daemon."""
+    value = pickle.loads(payload)
+    if not isinstance(value, expected):
+        raise TypeError(f"a {type(value).__name__} where a {expected.__name__} was due")
+    return value
 
 
 class FrameReader:

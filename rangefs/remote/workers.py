@@ -31,14 +31,15 @@ import trio
 from rangefs.config import MountSettings
 from rangefs.errors import RemoteUnreachable
 from rangefs.remote.frames import (
+    Failure,
     FrameReader,
     FrameWriter,
     Job,
     Kind,
+    Progress,
     decode_failure,
     pickled,
-    unpickled_failure,
-    unpickled_progress,
+    unpickled,
 )
 from rangefs.remote.sender import Attempt
 
@@ -148,14 +149,14 @@ class _Worker:
             if kind == Kind.DATA:
                 job.deliver(payload)
             elif kind == Kind.PROGRESS:
-                progress = unpickled_progress(bytes(payload))
+                progress = unpickled(payload, Progress)
                 job.attempt.connecting = progress.connecting
                 job.attempt.connecting_since = trio.current_time() - progress.connecting_for
                 job.attempt.host, job.attempt.answered = progress.host, progress.answered
             elif kind == Kind.DONE:
                 job.end(None, running=False)
             elif kind == Kind.FAIL:
-                failure = unpickled_failure(bytes(payload))
+                failure = unpickled(payload, Failure)
                 job.attempt.host_down = job.attempt.host_down or failure.host_down
                 job.attempt.host, job.attempt.answered = failure.host, failure.answered
                 job.attempt.connecting = None  # as the sender leaves it after any failure
